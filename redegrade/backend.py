@@ -1,0 +1,147 @@
+"""The backend contract and the ``redegrade.backends`` entry-point registry.
+
+A backend is a prior plus its optimisation loop. It is a :class:`Backend` subclass with a ``Config``
+dataclass, registered under the entry-point group ``redegrade.backends`` — the built-in ``rsg`` and
+``dps`` exactly like any third-party plugin::
+
+    [project.entry-points."redegrade.backends"]
+    mine = "my_package:MyBackend"
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import importlib.metadata as md
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from redegrade.errors import BackendLoadError, UnknownBackendError
+from redegrade.forward import ForwardModel
+
+log = logging.getLogger(__name__)
+GROUP = "redegrade.backends"
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One optimisation step, reported to the ``progress`` callback and kept in the history."""
+
+    phase: str
+    step: int
+    total: int
+    loss: float
+    lr: float | None = None
+
+
+Progress = Callable[[StepInfo], None]
+
+
+@dataclass
+class Restoration:
+    """What a backend returns. Images are ``[1,3,H,W]`` in ``[-1,1]`` on the CPU."""
+
+    image: torch.Tensor
+    """The restored image at the prior's resolution."""
+    redegraded: torch.Tensor
+    """``forward_model(image)`` with the final variables: what the restoration claims y was."""
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Final latent and forward-model variables, by name (saved as ``state.pt``)."""
+    history: list[StepInfo] = field(default_factory=list)
+    phases: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Image at the end of each phase (RSG) or at checkpoints of the sampler (DPS)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific facts (e.g. ``nfe`` network evaluations, ``early_exit`` step)."""
+
+
+class Backend(abc.ABC):
+    """Base class of inversion backends.
+
+    Subclasses set ``Config`` (a dataclass with at least ``seed`` and ``device`` fields) and implement
+    :meth:`restore`. The prior (generator, diffusion model) may be passed in directly, which is what
+    tests do; otherwise the backend loads it from its config on first use.
+    """
+
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any | None = None, *, prior: torch.nn.Module | None = None,
+                 objective: Callable[..., torch.Tensor] | None = None):
+        self.config = config if config is not None else self.Config()
+        self._prior = prior
+        self._objective = objective
+
+    @property
+    def resolution(self) -> int:
+        """Side of the square images the prior produces (observations are brought to it)."""
+        raise NotImplementedError
+
+    def check(self, device: torch.device) -> None:
+        """Raise a :class:`~redegrade.errors.RedegradeError` when the backend cannot run here."""
+
+    @abc.abstractmethod
+    def restore(self, y: torch.Tensor, forward_model: ForwardModel, *,
+                progress: Progress | None = None) -> Restoration:
+        """Restore ``y`` ([1,3,H,W] in [-1,1]) so that ``forward_model(prior(latent)) ≈ y``."""
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """An installed backend as listed in package metadata (nothing imported)."""
+
+    name: str
+    target: str
+    distribution: str | None
+    version: str | None
+
+
+@functools.cache
+def _entries() -> tuple[md.EntryPoint, ...]:
+    return tuple(md.entry_points(group=GROUP))
+
+
+def refresh() -> None:
+    """Forget the cached entry-point listing (after installing a plugin at run time, or in tests)."""
+    _entries.cache_clear()
+
+
+def available() -> list[BackendEntry]:
+    """Installed backends, sorted by name, read from metadata without importing them."""
+    out = []
+    for ep in _entries():
+        dist = getattr(ep, "dist", None)
+        out.append(BackendEntry(ep.name, ep.value, dist.name if dist else None, dist.version if dist else None))
+    return sorted(out, key=lambda e: e.name)
+
+
+def _describe(entries: list[BackendEntry]) -> str:
+    return ", ".join(f"{e.name} ({e.distribution or '?'})" for e in entries) or "none"
+
+
+def load(name: str) -> type[Backend]:
+    """Import and validate the backend registered as ``name``."""
+    eps = [ep for ep in _entries() if ep.name == name]
+    if not eps:
+        raise UnknownBackendError(f"unknown backend {name!r}; installed backends: {_describe(available())}")
+    targets = {ep.value for ep in eps}
+    if len(targets) > 1:
+        owners = ", ".join(f"{ep.value} ({getattr(ep.dist, 'name', '?')})" for ep in eps)
+        raise BackendLoadError(f"backend name {name!r} is claimed by several distributions: {owners}")
+    try:
+        obj = eps[0].load()
+    except Exception as exc:  # noqa: BLE001 - any import failure of a plugin is reported the same way
+        raise BackendLoadError(f"backend {name!r} ({eps[0].value}) failed to import: {exc}") from exc
+    problems = []
+    if not (isinstance(obj, type) and issubclass(obj, Backend)):
+        problems.append("it is not a redegrade.backend.Backend subclass")
+    else:
+        if not dataclasses.is_dataclass(getattr(obj, "Config", None)):
+            problems.append("it has no Config dataclass")
+        if getattr(obj.restore, "__isabstractmethod__", False):
+            problems.append("it does not implement restore()")
+    if problems:
+        raise BackendLoadError(f"backend {name!r} ({eps[0].value}) is unusable: " + "; ".join(problems))
+    return obj

@@ -1,0 +1,92 @@
+"""The local checkpoint cache: path, verification, atomic download."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from redegrade import settings
+from redegrade.errors import CheckpointError, MissingCheckpointError
+from redegrade.files import atomic_path
+from redegrade.weights.registry import REGISTRY, Checkpoint, get
+
+log = logging.getLogger(__name__)
+_CHUNK = 1 << 20
+
+
+def cache_path(ckpt: Checkpoint | str) -> Path:
+    """Where a registry checkpoint lives: ``$REDEGRADE_HOME/weights/<filename>``."""
+    ckpt = get(ckpt) if isinstance(ckpt, str) else ckpt
+    return settings.home() / "weights" / ckpt.filename
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(ckpt: Checkpoint, path: Path) -> None:
+    """Check sha256 (when known), else size (when known); raise :class:`CheckpointError` on mismatch."""
+    if ckpt.size is not None and path.stat().st_size != ckpt.size:
+        raise CheckpointError(f"{path} is {path.stat().st_size} bytes, expected {ckpt.size} for {ckpt.name}; "
+                              f"delete it and fetch again ({ckpt.url})")
+    if ckpt.sha256 is not None:
+        digest = sha256_file(path)
+        if digest != ckpt.sha256:
+            raise CheckpointError(f"{path} has sha256 {digest}, expected {ckpt.sha256} for {ckpt.name}; "
+                                  f"delete it and fetch again ({ckpt.url})")
+
+
+def _missing(ckpt: Checkpoint, dest: Path, why: str) -> MissingCheckpointError:
+    return MissingCheckpointError(f"checkpoint {ckpt.name} is not available ({why}): download {ckpt.url} "
+                                  f"and put it at {dest} (or pass a local path instead of the name)")
+
+
+def download(ckpt: Checkpoint, dest: Path | None = None, *, progress: bool = True) -> Path:
+    """Download ``ckpt`` to ``dest`` (default: the cache) atomically, verifying it before the rename."""
+    dest = dest or cache_path(ckpt)
+    if settings.offline():
+        raise _missing(ckpt, dest, "offline: REDEGRADE_OFFLINE is set")
+    log.info("downloading %s from %s", ckpt.name, ckpt.url)
+    try:
+        with urllib.request.urlopen(ckpt.url, timeout=60) as resp, atomic_path(dest) as tmp:
+            total = int(resp.headers.get("Content-Length") or 0) or ckpt.size
+            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=ckpt.filename,
+                                            disable=not progress) as bar:
+                for block in iter(lambda: resp.read(_CHUNK), b""):
+                    f.write(block)
+                    bar.update(len(block))
+            verify(ckpt, tmp)
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        raise _missing(ckpt, dest, f"download failed: {getattr(exc, 'reason', exc)}") from exc
+    return dest
+
+
+def resolve(name_or_path: str | os.PathLike, *, download_missing: bool = True) -> Path:
+    """A verified local file for a registry name or an existing path.
+
+    A cached file is verified and used without touching the network; a missing one is downloaded
+    unless offline, in which case the error names the file, the URL and where to put it.
+    """
+    if str(name_or_path) not in REGISTRY:
+        path = Path(name_or_path).expanduser()
+        if path.exists():
+            return path
+        raise MissingCheckpointError(f"{name_or_path} is neither an existing file nor a known checkpoint "
+                                     f"(known: {', '.join(sorted(REGISTRY))})")
+    ckpt = REGISTRY[str(name_or_path)]
+    path = cache_path(ckpt)
+    if path.exists():
+        verify(ckpt, path)
+        return path
+    if not download_missing:
+        raise _missing(ckpt, path, "not in the cache")
+    return download(ckpt, path)
