@@ -1,0 +1,146 @@
+"""The universal degradation model: encoders, entropy models, map fusion and synthesis in one module.
+
+::
+
+    y ─HDEN─► e_g [B,256] ──┐                      (entropy_g: head → quantise → tail; rate)
+    y ─IDEN─► e_l [B,c_l,H/2,W/2] ──┤               (entropy_l: quantise; rate)
+                             concat(e_l, e_g broadcast) ─proj 3×3─► ─ReLU→3×3 (head)─► e [B,8,H/2,W/2]
+    x ─────────────────────────────────────────► SynthesisUNet(x, e, n₀…n₃₁) ─► ŷ [B,3,H,W]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from redegrade.errors import ShapeError
+from redegrade.image import check_image, check_shape
+from redegrade.model.config import ModelConfig
+from redegrade.model.encoders import HDEN, IDEN
+from redegrade.model.entropy import CodeEntropyModel
+from redegrade.model.layers import PreActConv
+from redegrade.model.synthesis import SynthesisUNet
+
+MULTIPLE = 8  # the IDA term of the deepest level (H/4) works at H/8
+
+
+@dataclass
+class DegradationCode:
+    """What the encoders say about a degradation: global vector and local map."""
+
+    e_g: torch.Tensor
+    """[B, dim_g], unbounded."""
+    e_l: torch.Tensor
+    """[B, c_l, H/2, W/2] in [0, 1]."""
+
+    def detach(self) -> "DegradationCode":
+        return DegradationCode(self.e_g.detach(), self.e_l.detach())
+
+
+class MapFusion(nn.Module):
+    """(e_g, e_l) → degradation map e [B, map_channels, H/2, W/2] shared by every SFT layer."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        m = config.map_channels
+        self.proj = nn.Conv2d(config.c_l + config.dim_g, m, 3, 1, 1, bias=True)
+        self.head = PreActConv(m, m, 3, act=nn.ReLU())
+
+    def forward(self, code: DegradationCode) -> torch.Tensor:
+        e_l = code.e_l
+        e_g = code.e_g[:, :, None, None].expand(-1, -1, *e_l.shape[-2:])
+        return self.head(self.proj(torch.cat([e_l, e_g], dim=1)))
+
+
+class UniversalDegradationModel(nn.Module):
+    """CDD's universal degradation model: ``y → (e_g, e_l)`` and ``(x, e_g, e_l, n) → ŷ``.
+
+    Noise is an explicit input (:meth:`sample_noise`), quantisation an explicit mode (:meth:`quantize`).
+    Images are [B,3,H,W] in [-1,1] with H, W multiples of 8.
+    """
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        self.hden = HDEN(width=config.enc_width, dim_g=config.dim_g, kernel=config.enc_kernel)
+        self.iden = IDEN(width=config.enc_width, c_l=config.c_l, kernel=config.enc_kernel)
+        self.entropy_g = CodeEntropyModel(config.dim_g, mlp_layers=config.entropy_mlp_layers)
+        self.entropy_l = CodeEntropyModel(config.c_l, step=config.quant_step_l)
+        self.fusion = MapFusion(config)
+        self.synthesis = SynthesisUNet(config)
+
+    # -- encoders ---------------------------------------------------------------------------------
+    def encode(self, y: torch.Tensor) -> DegradationCode:
+        """y [B,3,H,W] → DegradationCode(e_g [B,dim_g], e_l [B,c_l,H/2,W/2] in [0,1])."""
+        check_image(y, "observation", multiple_of=MULTIPLE)
+        return DegradationCode(self.hden(y), self.iden(y))
+
+    def degradation_map(self, code: DegradationCode) -> torch.Tensor:
+        """The fused map e [B, map_channels, H/2, W/2] that conditions every SFT layer."""
+        self._check_code(code)
+        return self.fusion(code)
+
+    # -- noise ------------------------------------------------------------------------------------
+    @property
+    def num_noise(self) -> int:
+        """Number of noise maps (one per SFT layer; 32 for the paper preset)."""
+        return self.synthesis.num_noise
+
+    def noise_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(h, w) of each noise map for an H×W image."""
+        return self.config.noise_shapes(height, width)
+
+    def sample_noise(self, x: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Fresh N(0,1) maps [B,1,h,w] for image ``x``, drawn from ``generator``.
+
+        ``generator=None`` means a generator seeded with 0 (reproducible; the global RNG is never used).
+        """
+        check_image(x, "image", multiple_of=MULTIPLE)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        b = x.shape[0]
+        return [torch.randn((b, 1, h, w), generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+                for h, w in self.noise_shapes(*x.shape[-2:])]
+
+    # -- synthesis --------------------------------------------------------------------------------
+    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
+        """ŷ = f̂(x, e_g, e_l, n): x [B,3,H,W], code at H/2, ``num_noise`` maps → [B,3,H,W]."""
+        check_image(x, "image", multiple_of=MULTIPLE)
+        b, _, h, w = x.shape
+        self._check_code(code, batch=b, size=(h // 2, w // 2))
+        shapes = self.noise_shapes(h, w)
+        if len(noise) != len(shapes):
+            raise ShapeError(f"expected {len(shapes)} noise maps, got {len(noise)}")
+        for i, (n, s) in enumerate(zip(noise, shapes)):
+            check_shape(n, (b, 1, *s), f"noise map {i}")
+        return self.synthesis(x, self.fusion(code), noise)
+
+    def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
+        """Same as :meth:`synthesize`."""
+        return self.synthesize(x, code, noise)
+
+    # -- entropy ----------------------------------------------------------------------------------
+    def quantize(self, code: DegradationCode, mode: str, *, generator: torch.Generator | None = None
+                 ) -> tuple[DegradationCode, dict[str, torch.Tensor]]:
+        """Quantise both codes by ``mode`` ("noise" | "ste" | "round" | "none"; never from ``self.training``).
+
+        Returns the code to synthesise from and ``rate = {"g": bits [B], "l": bits [B]}``. ``"noise"``
+        needs ``generator``. e_g goes through the entropy head/tail MLPs, so ``code_hat.e_g`` differs
+        from ``code.e_g`` even with ``"none"``.
+        """
+        self._check_code(code)
+        e_g, bits_g = self.entropy_g(code.e_g, mode, generator=generator)
+        e_l, bits_l = self.entropy_l(code.e_l, mode, generator=generator)
+        return DegradationCode(e_g, e_l), {"g": bits_g, "l": bits_l}
+
+    def aux_loss(self) -> torch.Tensor:
+        """Sum of the EntropyBottlenecks' auxiliary quantile losses (train them with their own optimiser)."""
+        return self.entropy_g.aux_loss() + self.entropy_l.aux_loss()
+
+    def _check_code(self, code: DegradationCode, *, batch: int | None = None,
+                    size: tuple[int, int] | None = None) -> None:
+        c = self.config
+        check_shape(code.e_g, (batch, c.dim_g), "e_g")
+        check_shape(code.e_l, (batch if batch is not None else code.e_g.shape[0], c.c_l,
+                               *(size or (None, None))), "e_l")

@@ -1,0 +1,68 @@
+"""The synthesis network f̂(x, e, n): a three-level U-Net of SFT residual blocks (tech-facts §1.7).
+
+::
+
+    x ─conv_first─► blocks1 ─┬─down1─► blocks2 ─┬─down2─► blocks3 ─up2─┐
+                             │                  └──────── skip2 ◄──────┘
+                             │                             blocks2_ ─up1─┐
+                             └──────────────────────────── skip1 ◄──────┘
+                                                           blocks1_ ─conv_last─► ŷ
+    every SFT layer reads the degradation map e (resized to its level) and one noise map n_i
+
+CDD's ``VUNet`` maps its input through ``2x−1`` although x is already in [-1,1] (so it sees [-3,1]).
+We do not load CDD's weights, so we feed x as is.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from redegrade.model.config import ModelConfig
+from redegrade.model.layers import PreActConv, PreActConvT, SFTResBlock, lrelu
+
+
+class SynthesisUNet(nn.Module):
+    """x [B,3,H,W] + degradation map e [B,M,H/2,W/2] + noise maps → ŷ [B,3,H,W] (H, W multiples of 8)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c1, c2, c3 = config.widths
+        n1, n2, n3, n2_, n1_ = config.blocks
+        m = config.map_channels
+        self.global_residual = config.global_residual
+        self.conv_first = PreActConv(3, c1, 3)
+        self.blocks1 = nn.ModuleList(SFTResBlock(c1, m) for _ in range(n1))
+        self.conv_down1 = PreActConv(c1, c2, 4, stride=2)
+        self.blocks2 = nn.ModuleList(SFTResBlock(c2, m) for _ in range(n2))
+        self.conv_down2 = PreActConv(c2, c3, 4, stride=2)
+        self.blocks3 = nn.ModuleList(SFTResBlock(c3, m) for _ in range(n3))
+        self.conv_up2 = PreActConvT(c3, c2)
+        self.conv_skip2 = PreActConv(2 * c2, c2, 3, act=lrelu())
+        self.blocks2_ = nn.ModuleList(SFTResBlock(c2, m) for _ in range(n2_))
+        self.conv_up1 = PreActConvT(c2, c1)
+        self.conv_skip1 = PreActConv(2 * c1, c1, 3, act=lrelu())
+        self.blocks1_ = nn.ModuleList(SFTResBlock(c1, m, act="lrelu" if i < n1_ - 1 else "relu") for i in range(n1_))
+        self.conv_last = PreActConv(c1, 3, 1, act=lrelu())
+        self.num_noise = 2 * sum(config.blocks)
+
+    @staticmethod
+    def _run(blocks: nn.ModuleList, h: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], i: int):
+        for b in blocks:
+            h = b(h, e, noise[i], noise[i + 1])
+            i += 2
+        return h, i
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+        i = 0
+        h1 = self.conv_first(x)
+        h1, i = self._run(self.blocks1, h1, e, noise, i)
+        h2 = self.conv_down1(h1)
+        h2, i = self._run(self.blocks2, h2, e, noise, i)
+        h3 = self.conv_down2(h2)
+        h3, i = self._run(self.blocks3, h3, e, noise, i)
+        u2 = self.conv_skip2(torch.cat([self.conv_up2(h3), h2], dim=1))
+        u2, i = self._run(self.blocks2_, u2, e, noise, i)
+        u1 = self.conv_skip1(torch.cat([self.conv_up1(u2), h1], dim=1))
+        u1, i = self._run(self.blocks1_, u1, e, noise, i)
+        out = self.conv_last(u1)
+        return x + out if self.global_residual else out

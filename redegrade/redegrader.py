@@ -1,0 +1,162 @@
+"""The Redegrader: the frozen universal degradation model as a :class:`~redegrade.forward.ForwardModel`.
+
+θ = (e_g, e_l, n). :meth:`Redegrader.reset` initialises them from the observation (e_g, e_l = E(y);
+n ~ N(0, I), seeded); :meth:`Redegrader.forward` renders ŷ = f̂(x, Q(e_g), Q(e_l), n) where Q is the
+entropy models' quantiser in ``"ste"`` mode by default (rounded values forward, identity gradient), so
+gradients reach x and every variable while the network weights stay frozen.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from redegrade.errors import InputError, MissingCheckpointError, ShapeError
+from redegrade.forward import ForwardModel
+from redegrade.image import check_image
+from redegrade.model import DegradationCode, UniversalDegradationModel, load_state, save_state
+from redegrade.model.io import CONFIG_NAME, WEIGHTS_NAME
+from redegrade.model.network import MULTIPLE
+
+log = logging.getLogger(__name__)
+
+_LOGIT_EPS = 1e-4  # e_l is clamped to [eps, 1-eps] before the logit so saturated values stay finite
+
+
+def default_dir() -> Path:
+    """Where the shipped default checkpoint lives: ``redegrade/data/redegrader/``."""
+    return Path(__file__).resolve().parent / "data" / "redegrader"
+
+
+class Redegrader(ForwardModel):
+    """Blind forward model ŷ = f̂(x, e_g, e_l, n) with a frozen universal degradation model.
+
+    Variables (see :meth:`named_variables`):
+
+    - ``e_g`` [B, dim_g]: the global code before the entropy head;
+    - ``e_l`` [B, c_l, H/2, W/2]: stored as an **unconstrained logit**; the model sees ``sigmoid(e_l)``,
+      so any optimiser step keeps the local map inside (0, 1);
+    - ``n.0`` … ``n.{K-1}`` [B, 1, h, w]: one noise map per SFT layer (K = 32 for the paper preset).
+
+    ``quantizer`` ("ste", "round" or "none") is applied to the codes on every forward.
+    """
+
+    def __init__(self, model: UniversalDegradationModel, *, quantizer: str = "ste"):
+        super().__init__()
+        if quantizer not in ("ste", "round", "none"):
+            raise InputError(f"Redegrader quantizer must be 'ste', 'round' or 'none', got {quantizer!r}")
+        self.model = model
+        self.quantizer = quantizer
+        self.e_g: torch.Tensor | None = None
+        self.e_l_logit: torch.Tensor | None = None
+        self.noise: list[torch.Tensor] = []
+        self.freeze()
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model: UniversalDegradationModel, *, quantizer: str = "ste") -> "Redegrader":
+        """Wrap (and freeze) an existing model."""
+        return cls(model, quantizer=quantizer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu",
+                        quantizer: str = "ste") -> "Redegrader":
+        """Load a folder (config.json + model.safetensors), a training checkpoint file, a registry name,
+        or — with ``None`` — the default shipped in ``redegrade/data/redegrader/``."""
+        if name_or_path is None:
+            path = default_dir()
+            if not (path / WEIGHTS_NAME).is_file() or not (path / CONFIG_NAME).is_file():
+                raise MissingCheckpointError(
+                    f"no default redegrader is installed ({path} has no {CONFIG_NAME} + {WEIGHTS_NAME}); "
+                    "train one with `python -m redegrade.train` and pass its folder or checkpoint path")
+        else:
+            path = Path(name_or_path).expanduser()
+            if not path.exists():
+                from redegrade.weights import resolve  # a registry name, e.g. a published checkpoint
+
+                path = resolve(str(name_or_path))
+        model = load_state(path, device=device)
+        log.info("loaded redegrader from %s", path)
+        return cls(model, quantizer=quantizer)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (atomically) into ``directory``."""
+        return save_state(self.model, directory)
+
+    # -- direct use -------------------------------------------------------------------------------
+    def encode(self, y: torch.Tensor) -> DegradationCode:
+        """y [B,3,H,W] in [-1,1] → DegradationCode(e_g [B,dim_g], e_l [B,c_l,H/2,W/2])."""
+        check_image(y, "observation", multiple_of=MULTIPLE)
+        return self.model.encode(y)
+
+    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
+        """ŷ = f̂(x, code, noise) without quantisation (the code is used as given)."""
+        return self.model.synthesize(x, code, noise)
+
+    def sample_noise(self, x: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """N(0,1) maps for image ``x``; ``None`` means a generator seeded with 0."""
+        return self.model.sample_noise(x, generator)
+
+    # -- ForwardModel -----------------------------------------------------------------------------
+    def reset(self, y: torch.Tensor, *, generator: torch.Generator | None = None) -> None:
+        """e_g, e_l = E(y) (detached leaves), n = fresh N(0,1) maps from ``generator`` (seed 0 if None)."""
+        check_image(y, "observation", multiple_of=MULTIPLE)
+        with torch.no_grad():
+            code = self.model.encode(y)
+        self.set_code(code, self.sample_noise(y, generator))
+
+    def set_code(self, code: DegradationCode, noise: list[torch.Tensor] | None = None) -> None:
+        """Replace the variables by ``code`` (e.g. e_g of one image with e_l of another) and ``noise``.
+
+        Without ``noise`` the current maps are kept when their sizes fit e_l, else fresh seed-0 maps
+        are drawn.
+        """
+        self.model._check_code(code)
+        e_l = code.e_l.detach().clamp(_LOGIT_EPS, 1 - _LOGIT_EPS)
+        self.e_g = code.e_g.detach().clone().requires_grad_(True)
+        self.e_l_logit = torch.logit(e_l).requires_grad_(True)
+        b, _, h, w = code.e_l.shape
+        shapes = [(b, 1, *s) for s in self.model.noise_shapes(2 * h, 2 * w)]
+        if noise is None:
+            if [tuple(n.shape) for n in self.noise] == shapes:
+                return
+            ref = torch.empty(b, 3, 2 * h, 2 * w, device=e_l.device, dtype=e_l.dtype)
+            noise = self.sample_noise(ref)
+        if [tuple(n.shape) for n in noise] != shapes:
+            raise ShapeError(f"noise maps must have shapes {shapes}, got {[tuple(n.shape) for n in noise]}")
+        self.noise = [n.detach().clone().requires_grad_(True) for n in noise]
+
+    def code(self) -> DegradationCode:
+        """The current (unquantised) code: e_g and sigmoid(e_l logit)."""
+        self._require_reset()
+        return DegradationCode(self.e_g, torch.sigmoid(self.e_l_logit))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ŷ = f̂(x, Q(e_g), Q(sigmoid(e_l)), n) with Q the ``quantizer`` (STE by default).
+
+        If x is not twice e_l's size (it should be: reset with a y of x's size), e_l is resized
+        bilinearly to x's half size and the noise maps by nearest neighbour (which keeps them N(0,1)).
+        """
+        check_image(x, "image", multiple_of=MULTIPLE)
+        code = self.code()
+        h, w = x.shape[-2:]
+        noise = self.noise
+        if tuple(code.e_l.shape[-2:]) != (h // 2, w // 2):
+            e_l = F.interpolate(code.e_l, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
+            code = DegradationCode(code.e_g, e_l)
+            noise = [F.interpolate(n, size=s, mode="nearest") for n, s in zip(noise, self.model.noise_shapes(h, w))]
+        code_hat, _ = self.model.quantize(code, self.quantizer)
+        return self.model.synthesize(x, code_hat, noise)
+
+    def named_variables(self) -> dict[str, torch.Tensor]:
+        """{"e_g", "e_l" (a logit: the model sees its sigmoid), "n.0", …}; empty before :meth:`reset`."""
+        if self.e_g is None:
+            return {}
+        return {"e_g": self.e_g, "e_l": self.e_l_logit, **{f"n.{i}": n for i, n in enumerate(self.noise)}}
+
+    def _require_reset(self) -> None:
+        if self.e_g is None:
+            raise InputError("the Redegrader has no variables yet: call reset(y) (or set_code) before forward(x)")
