@@ -1,0 +1,201 @@
+"""A (deartifacting task): real JPEG through PIL, and a differentiable JPEG with the same tables.
+
+The differentiable codec follows libjpeg's pipeline as PIL runs it for RGB at 4:2:0: RGB → YCbCr
+(JFIF matrix, chroma centred on 128), 2×2 box-averaged chroma, level shift, 8×8 orthonormal DCT,
+quantisation with *the very tables PIL writes for that quality* (read back from a file PIL saved),
+dequantisation, inverse DCT, chroma upsampling by the triangle ("fancy") filter, YCbCr → RGB, clamp.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, JpegImagePlugin
+
+from redegrade.degradations.base import Degradation
+from redegrade.errors import InputError
+
+#: PIL's ``subsampling`` argument for 4:2:0, the chroma subsampling RSG asserts.
+SUBSAMPLING_420 = 2
+_SUBSAMPLING_NAMES = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+#: Blend factor of the rounding surrogate's gradient (RSG's ``CompressJPEG.k``).
+ROUNDING_K = 0.8
+
+
+# -- real JPEG ----------------------------------------------------------------------------------
+def encode(u: torch.Tensor, quality: int) -> list[bytes]:
+    """JPEG-encode each image of ``u`` (``[B,3,H,W]`` in ``[0,1]``) with PIL at ``quality``, 4:2:0.
+
+    Pixels are rounded to 8 bits first (RSG truncates, which darkens targets by ½ level).
+    """
+    arr = (u.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = []
+    for a in arr:
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(a), "RGB").save(buf, format="JPEG", quality=int(quality),
+                                                           subsampling=SUBSAMPLING_420)
+        out.append(buf.getvalue())
+    return out
+
+
+def decode(data: list[bytes], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Decode JPEG bytes (one per image) to ``[B,3,H,W]`` in ``[0,1]``."""
+    ims = []
+    for d in data:
+        with Image.open(io.BytesIO(d)) as im:
+            ims.append(torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0))
+    return torch.stack(ims).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def _open(path_or_bytes: str | os.PathLike | bytes) -> Image.Image:
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes)
+    try:
+        im = Image.open(src)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read JPEG {'bytes' if isinstance(src, io.BytesIO) else src}: {exc}") from exc
+    if im.format != "JPEG":
+        raise InputError(f"not a JPEG file (format {im.format})")
+    return im
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(quality: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    # A flat grey image is enough: the tables depend on the quality only, not on the content.
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 128, 128)).save(buf, format="JPEG", quality=quality, subsampling=SUBSAMPLING_420)
+    q = Image.open(io.BytesIO(buf.getvalue())).quantization
+    return tuple(q[0]), tuple(q[1])
+
+
+def quantization_tables(quality: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL's (luma, chroma) quantisation tables for ``quality`` as ``[8,8]`` float tensors.
+
+    Read back from a file PIL wrote. Pillow returns them in natural (row-major) order, so
+    ``table[u, v]`` divides the coefficient of vertical frequency ``u`` and horizontal frequency ``v``.
+    """
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    luma, chroma = _tables(int(quality))
+    return (torch.tensor(luma, dtype=torch.float32).view(8, 8), torch.tensor(chroma, dtype=torch.float32).view(8, 8))
+
+
+def jpeg_quality_of(path_or_bytes: str | os.PathLike | bytes) -> int | None:
+    """The PIL/libjpeg quality whose tables a JPEG file carries, or ``None`` when none matches exactly."""
+    with _open(path_or_bytes) as im:
+        q = im.quantization
+        found = (tuple(q.get(0, ())), tuple(q.get(1, ())))
+    for quality in range(1, 101):
+        if _tables(quality) == found:
+            return quality
+    return None
+
+
+def jpeg_subsampling_of(path_or_bytes: str | os.PathLike | bytes) -> str:
+    """Chroma subsampling of a JPEG file: ``"4:4:4"``, ``"4:2:2"``, ``"4:2:0"`` or ``"other"``."""
+    with _open(path_or_bytes) as im:
+        return _SUBSAMPLING_NAMES.get(JpegImagePlugin.get_sampling(im), "other")
+
+
+# -- differentiable JPEG -------------------------------------------------------------------------
+_RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114],
+                              [-0.168736, -0.331264, 0.5],
+                              [0.5, -0.418688, -0.081312]])
+_YCBCR_TO_RGB = torch.tensor([[1.0, 0.0, 1.402],
+                              [1.0, -0.344136, -0.714136],
+                              [1.0, 1.772, 0.0]])
+
+
+@functools.lru_cache(maxsize=None)
+def _dct_matrix() -> torch.Tensor:
+    # Orthonormal DCT-II of size 8; JPEG's FDCT (with its ¼·C(u)·C(v) factors) is exactly this in 2-D.
+    n = torch.arange(8, dtype=torch.float64)
+    m = torch.cos(math.pi * (2 * n[None, :] + 1) * n[:, None] / 16)
+    m[0] *= math.sqrt(1 / 8)
+    m[1:] *= math.sqrt(2 / 8)
+    return m.float()
+
+
+def round_ste(x: torch.Tensor, k: float = ROUNDING_K) -> torch.Tensor:
+    """Forward ``round(x)``; backward the gradient of ``lerp(x, round(x) + (x − round(x))³, k)``.
+
+    The cubic keeps a little slope (1 − k) everywhere and more near the rounding steps, instead of
+    the zero gradient of a plain round.
+    """
+    r = torch.round(x).detach()
+    s = torch.lerp(x, r + (x - r) ** 3, k)
+    return r + (s - s.detach())
+
+
+def _blocks(c: torch.Tensor) -> torch.Tensor:
+    b, h, w = c.shape
+    return c.view(b, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
+
+
+def _unblocks(c: torch.Tensor) -> torch.Tensor:
+    b, nh, nw = c.shape[:3]
+    return c.permute(0, 1, 3, 2, 4).reshape(b, nh * 8, nw * 8)
+
+
+def _quantise(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Level-shifted plane ``[B,H,W]`` (H, W multiples of 8) → DCT → quantise/dequantise → IDCT."""
+    d = _dct_matrix().to(plane)
+    coef = d @ _blocks(plane) @ d.T  # rows: vertical frequency u, columns: horizontal frequency v
+    t = table.to(plane)
+    # The table is used as Pillow reports it, table[u, v]. RSG's DiffJPEG applies it transposed (a
+    # bug: horizontal and vertical frequencies swap step sizes), which tracks real JPEG 2–3× worse.
+    coef = round_ste(coef / t) * t
+    return _unblocks(d.T @ coef @ d)
+
+
+def diff_jpeg(u: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """Differentiable JPEG (4:2:0) of ``u`` (``[B,3,H,W]`` in ``[0,1]``) with the given ``[8,8]`` tables.
+
+    Returns ``[B,3,H,W]`` in ``[0,1]`` (clamped, as a decoder clamps to 8 bits; RSG's version does
+    not clamp). Sizes that are not multiples of 16 are edge-padded, as libjpeg pads partial MCUs.
+    """
+    b, _, h, w = u.shape
+    ph, pw = -h % 16, -w % 16
+    x = u * 255.0
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x)
+    ycc = ycc + torch.tensor([0.0, 128.0, 128.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    y = _quantise(ycc[:, 0] - 128, luma) + 128
+    cbcr = F.avg_pool2d(ycc[:, 1:], 2) - 128
+    hc, wc = cbcr.shape[-2:]
+    cbcr = _quantise(cbcr.reshape(b * 2, hc, wc), chroma).view(b, 2, hc, wc) + 128
+    # libjpeg's "fancy" h2v2 upsampling is the ¾/¼ triangle filter = bilinear with half-pixel centres.
+    cbcr = F.interpolate(cbcr, scale_factor=2, mode="bilinear", align_corners=False)
+    ycc = torch.cat([y[:, None], cbcr], 1) - torch.tensor([0.0, 128.0, 128.0], device=x.device,
+                                                          dtype=x.dtype).view(1, 3, 1, 1)
+    rgb = torch.einsum("ij,bjhw->bihw", _YCBCR_TO_RGB.to(x), ycc)
+    return rgb[..., :h, :w].clamp(0, 255) / 255.0
+
+
+class JPEG(Degradation):
+    """Ground truth: PIL JPEG at ``quality`` with 4:2:0 chroma, decoded. Approx: :func:`diff_jpeg`."""
+
+    name = "A"
+
+    def __init__(self, quality: int, *, resolution: int, seed: int = 0):
+        self.quality = int(quality)
+        self.luma, self.chroma = quantization_tables(self.quality)
+        super().__init__(input_size=resolution, output_size=resolution,
+                         params={"quality": self.quality, "subsampling": "4:2:0"}, seed=seed)
+
+    def encode(self, x: torch.Tensor) -> list[bytes]:
+        """The JPEG files :meth:`apply` decodes, one per image of ``x`` (``[B,3,H,W]`` in ``[-1,1]``)."""
+        self._check_input(x)
+        return encode((x + 1) * 0.5, self.quality)
+
+    def _apply(self, u: torch.Tensor) -> torch.Tensor:
+        return decode(encode(u, self.quality), u.device)
+
+    def _approx(self, u: torch.Tensor) -> torch.Tensor:
+        return diff_jpeg(u, self.luma, self.chroma)
