@@ -1,0 +1,167 @@
+"""The Redegrader forward model: variables, gradients, determinism, transfer, save/load."""
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from redegrade import redegrader as redegrader_mod
+from redegrade.errors import CheckpointError, InputError, MissingCheckpointError, ShapeError
+from redegrade.forward import ForwardModel
+from redegrade.model import DegradationCode, ModelConfig, UniversalDegradationModel
+from redegrade.redegrader import Redegrader
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _img(b=1, h=32, w=32, seed=0):
+    return torch.rand(b, 3, h, w, generator=_gen(seed)) * 2 - 1
+
+
+@pytest.fixture()
+def red():
+    torch.manual_seed(0)  # parameter init only
+    return Redegrader(UniversalDegradationModel(ModelConfig.preset("tiny")))
+
+
+def test_variables_and_gradients_reach_them_not_the_weights(red):
+    assert isinstance(red, ForwardModel) and not red.training
+    assert red.named_variables() == {}
+    y = _img(1, 32, 32, seed=1)
+    red.reset(y, generator=_gen(0))
+    vars_ = red.named_variables()
+    k = red.model.num_noise
+    assert list(vars_) == ["e_g", "e_l"] + [f"n.{i}" for i in range(k)]
+    assert red.variables() == list(vars_.values())
+    assert all(v.is_leaf and v.requires_grad for v in vars_.values())
+    assert vars_["e_g"].shape == (1, 256) and vars_["e_l"].shape == (1, 4, 16, 16)
+    assert [tuple(vars_[f"n.{i}"].shape[-2:]) for i in range(k)] == red.model.noise_shapes(32, 32)
+
+    x = _img(1, 32, 32, seed=2).requires_grad_(True)
+    y_hat = red(x)
+    assert y_hat.shape == x.shape
+    (y_hat - y).abs().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, v in vars_.items():
+        assert v.grad is not None and v.grad.abs().sum() > 0, name
+    for name, p in red.named_parameters():
+        assert p.grad is None and not p.requires_grad, name
+
+
+def test_e_l_is_a_logit_so_optimisation_stays_in_range(red):
+    y = _img(seed=3)
+    red.reset(y)
+    e_l = red.encode(y).e_l
+    assert torch.allclose(torch.sigmoid(red.named_variables()["e_l"]), e_l, atol=1e-5)
+    with torch.no_grad():
+        red.named_variables()["e_l"].add_(100.0)  # an absurd optimiser step
+    assert red.code().e_l.max() <= 1 and torch.isfinite(red(_img())).all()
+
+
+def test_same_seed_same_output_different_noise_different_output(red):
+    y, x = _img(seed=4), _img(seed=5)
+    red.reset(y, generator=_gen(11))
+    a = red(x).detach()
+    red.reset(y, generator=_gen(11))
+    b = red(x).detach()
+    red.reset(y, generator=_gen(12))
+    c = red(x).detach()
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-6
+
+
+def test_optimising_the_variables_fits_a_target(red):
+    """What a backend does: fit (e_g, e_l, n) so that A(x) matches y."""
+    x = _img(seed=6)
+    red.reset(_img(seed=7), generator=_gen(1))
+    with torch.no_grad():
+        target = red(x)
+    red.reset(_img(seed=8), generator=_gen(2))
+    opt = torch.optim.Adam(red.variables(), lr=0.05)
+    losses = []
+    for _ in range(15):
+        loss = (red(x) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_forward_before_reset_and_bad_inputs(red):
+    with pytest.raises(InputError, match="reset"):
+        red(_img())
+    with pytest.raises(ShapeError, match="multiples of 8"):
+        red.encode(_img(1, 30, 30))
+    with pytest.raises(ShapeError):
+        red.reset(torch.zeros(1, 1, 32, 32))
+    red.reset(_img())
+    with pytest.raises(ShapeError):
+        red(torch.zeros(1, 4, 32, 32))
+    with pytest.raises(ShapeError, match="multiples of 8"):
+        red(_img(1, 36, 36))
+    with pytest.raises(InputError, match="quantizer"):
+        Redegrader(red.model, quantizer="noise")
+
+
+def test_other_size_x_resizes_e_l_and_noise(red):
+    red.reset(_img(1, 32, 32))
+    y_hat = red(_img(1, 64, 48))
+    assert y_hat.shape == (1, 3, 64, 48)
+
+
+def test_set_code_mixes_codes_for_degradation_transfer(red):
+    y1, y2, x = _img(seed=1), _img(seed=2), _img(seed=3)
+    c1, c2 = red.encode(y1), red.encode(y2)
+    mixed = DegradationCode(c1.e_g, c2.e_l)
+    noise = red.sample_noise(x, _gen(5))
+    red.set_code(mixed, noise)
+    got = red(x)
+    with torch.no_grad():
+        hat, _ = red.model.quantize(DegradationCode(c1.e_g, red.code().e_l), "ste")
+        want = red.synthesize(x, hat, noise)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(red.code().e_l, c2.e_l, atol=1e-5)
+    red.set_code(c1)  # keeps the noise when it fits
+    assert all(torch.equal(a, b) for a, b in zip(red.noise, noise))
+    with pytest.raises(ShapeError):
+        red.set_code(c1, noise[:-1])
+
+
+def test_save_and_from_pretrained_roundtrip_exactly(red, tmp_path):
+    y, x = _img(seed=1), _img(seed=2)
+    out = red.save_pretrained(tmp_path / "r")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = Redegrader.from_pretrained(out)
+    for k, v in red.model.state_dict().items():
+        assert torch.equal(v, loaded.model.state_dict()[k]), k
+    red.reset(y, generator=_gen(3))
+    loaded.reset(y, generator=_gen(3))
+    assert torch.equal(red(x), loaded(x))
+    # a training checkpoint file loads the same way
+    torch.save({"config": red.model.config.to_dict(), "model": red.model.state_dict(), "step": 1}, tmp_path / "c.pt")
+    from_ckpt = Redegrader.from_pretrained(tmp_path / "c.pt")
+    from_ckpt.reset(y, generator=_gen(3))
+    assert torch.equal(red(x), from_ckpt(x))
+
+
+def test_strict_loading_rejects_a_wrong_key(red, tmp_path):
+    d = red.save_pretrained(tmp_path / "r")
+    sd = load_file(str(d / "model.safetensors"))
+    sd["synthesis.renamed"] = sd.pop("synthesis.conv_last.1.weight")
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"synthesis\.conv_last\.1\.weight") as err:
+        Redegrader.from_pretrained(d)
+    assert "synthesis.renamed" in str(err.value)
+
+
+def test_missing_checkpoints_are_clear(monkeypatch, tmp_path):
+    monkeypatch.setattr(redegrader_mod, "default_dir", lambda: tmp_path / "none")
+    with pytest.raises(MissingCheckpointError, match="no default redegrader"):
+        Redegrader.from_pretrained()
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(MissingCheckpointError, match="model.safetensors"):
+        Redegrader.from_pretrained(tmp_path / "half")
+    with pytest.raises(MissingCheckpointError):
+        Redegrader.from_pretrained(tmp_path / "nowhere.pt")
