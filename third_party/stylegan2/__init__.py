@@ -24,7 +24,7 @@ __all__ = ["Generator", "MappingNetwork", "SynthesisNetwork", "load_generator", 
 
 
 def tiny_generator(resolution: int = 32, seed: int = 0, *, w_dim: int = 32, channels: int = 16,
-                   conv_clamp: float | None = None) -> Generator:
+                   conv_clamp: float | None = None, num_fp16_res: int = 0) -> Generator:
     """A small random-weight generator for tests: ``channels`` wide everywhere (≤ ``w_dim``, so W++ with
     V = w_dim works), 2 mapping layers, non-zero noise strengths and a non-zero ``w_avg``; eval mode,
     ``requires_grad`` off. Deterministic for a given ``seed`` (never touches the global RNG)."""
@@ -32,7 +32,7 @@ def tiny_generator(resolution: int = 32, seed: int = 0, *, w_dim: int = 32, chan
     G = Generator(z_dim=w_dim, c_dim=0, w_dim=w_dim, img_resolution=resolution, img_channels=3,
                   mapping_kwargs=dict(num_layers=2),
                   synthesis_kwargs=dict(channel_base=channels * resolution, channel_max=channels,
-                                        conv_clamp=conv_clamp))
+                                        conv_clamp=conv_clamp, num_fp16_res=num_fp16_res))
     with torch.no_grad():
         for name, t in list(G.named_parameters()) + list(G.named_buffers()):
             if name.endswith("resample_filter"):
