@@ -17,18 +17,16 @@ FILTERS: dict[str, Image.Resampling] = {
 
 
 def pil_resize(u: torch.Tensor, size: int, filter: str) -> torch.Tensor:
-    """Resize ``[B,C,H,W]`` in ``[0,1]`` to ``size²`` with PIL, channel by channel in float mode.
+    """Resize ``[B,3,H,W]`` in ``[0,1]`` to ``size²`` with PIL on the 8-bit RGB image, as RSG does.
 
-    Float ("F") images skip PIL's own 8-bit rounding, so the only quantisation is the PNG round trip
-    that follows every ground-truth step.
+    PIL's 8-bit path is the ground truth on purpose: it clips and rounds between its horizontal and
+    vertical passes, so bicubic and Lanczos results differ from a float resize by up to ~9 levels
+    near edges. The input is rounded to 8 bits first (RSG truncates).
     """
-    out = torch.empty(*u.shape[:2], size, size, dtype=u.dtype)
-    arr = u.detach().cpu().float().numpy()
-    for b in range(arr.shape[0]):
-        for c in range(arr.shape[1]):
-            im = Image.fromarray(np.ascontiguousarray(arr[b, c]), mode="F").resize((size, size), FILTERS[filter])
-            out[b, c] = torch.from_numpy(np.array(im, dtype=np.float32))
-    return out.to(u.device).clamp(0, 1)  # lanczos/bicubic overshoot; an image file cannot hold it
+    arr = (u.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = [np.array(Image.fromarray(np.ascontiguousarray(a), "RGB").resize((size, size), FILTERS[filter]),
+                    dtype=np.float32) for a in arr]
+    return torch.from_numpy(np.stack(out) / 255.0).permute(0, 3, 1, 2).contiguous().to(u.device, u.dtype)
 
 
 class Downsample(Degradation):

@@ -106,47 +106,61 @@ class WQIMix:
     """Callable ``(x, generator) -> (y, params)`` applying the mix with ``config``.
 
     ``x`` is ``[1,3,H,W]`` in ``[-1,1]``; ``params`` has one entry per applied step (``"jpeg"`` always).
+    The two halves are public too: :meth:`sample` draws the parameters, :meth:`apply` applies a given
+    parameter set (drawing only the noise fields), e.g. to degrade two images the same way.
     """
 
     def __init__(self, config: WQIConfig | None = None):
         self.config = config or WQIConfig()
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        check_shape(x, (1, 3, None, None), "WQI input")
+    def sample(self, generator: torch.Generator) -> dict:
+        """Draw which steps run and their parameters, in the mix's fixed order."""
         c, g = self.config, generator
-        u = to_unit(x.float().clamp(-1, 1))
         params: dict = {}
         if _uniform(g) < c.blur_prob:
             kernel = c.blur_kernels[_randint(g, 0, len(c.blur_kernels))]
-            sigma = _uniform(g, 0.0, c.blur_max_sigma)
-            u = gaussian_blur(u, kernel, sigma)
-            params["gaussian_blur"] = {"kernel": kernel, "sigma": sigma}
+            params["gaussian_blur"] = {"kernel": kernel, "sigma": _uniform(g, 0.0, c.blur_max_sigma)}
         if _uniform(g) < c.motion_prob:
             angle = _randint(g, 0, 360)
             kernel = 2 * _randint(g, 1, c.motion_max_half) + 1
-            direction = _uniform(g, -1.0, 1.0)
-            u = motion_blur(u, kernel, angle, direction)
-            params["motion_blur"] = {"kernel": kernel, "angle": angle, "direction": direction}
+            params["motion_blur"] = {"kernel": kernel, "angle": angle, "direction": _uniform(g, -1.0, 1.0)}
         if _uniform(g) < c.exposure_prob:
             alpha = _uniform(g, 1 - c.exposure_max_change, 1 + c.exposure_max_change)
             margin = (1 - alpha) / 2
-            beta = margin + margin * _uniform(g, -1.0, 1.0)  # keeps mid-grey near mid-grey
-            u = u * alpha + beta
-            params["exposure"] = {"alpha": alpha, "beta": beta}
+            # The offset keeps mid-grey near mid-grey: β ∈ [0, 2m] (or [2m, 0] when α > 1).
+            params["exposure"] = {"alpha": alpha, "beta": margin + margin * _uniform(g, -1.0, 1.0)}
         if _uniform(g) < c.flicker_prob:
-            strength = _uniform(g)
-            u = u + strength * c.flicker_amplitude * pink_noise(tuple(u.shape), g).to(u)
-            params["flicker_noise"] = {"strength": strength}
+            params["flicker_noise"] = {"strength": _uniform(g)}
         if _uniform(g) < c.noise_prob:
             # Exponential with mean β by inversion; 1 − U lies in (0, 1], so the log is finite.
-            std = -c.noise_mean_std * math.log(1.0 - _uniform(g))
-            u = u + std * torch.randn(u.shape, generator=g, device=g.device).to(u)
-            params["gaussian_noise"] = {"std": std}
-        quality = _randint(g, c.jpeg_min, c.jpeg_max + 1)
-        params["jpeg"] = {"quality": quality}
-        y = decode(encode(u.clamp(0, 1), quality), x.device)
-        return from_unit(y), params
+            params["gaussian_noise"] = {"std": -c.noise_mean_std * math.log(1.0 - _uniform(g))}
+        params["jpeg"] = {"quality": _randint(g, c.jpeg_min, c.jpeg_max + 1)}
+        return params
+
+    @torch.no_grad()
+    def apply(self, x: torch.Tensor, params: dict, generator: torch.Generator) -> torch.Tensor:
+        """Apply a parameter set from :meth:`sample`; noise fields are drawn from ``generator``."""
+        check_shape(x, (1, 3, None, None), "WQI input")
+        u = to_unit(x.float().clamp(-1, 1))
+        if "gaussian_blur" in params:
+            u = gaussian_blur(u, params["gaussian_blur"]["kernel"], params["gaussian_blur"]["sigma"])
+        if "motion_blur" in params:
+            p = params["motion_blur"]
+            u = motion_blur(u, p["kernel"], p["angle"], p["direction"])
+        if "exposure" in params:
+            u = u * params["exposure"]["alpha"] + params["exposure"]["beta"]
+        if "flicker_noise" in params:
+            field = pink_noise(tuple(u.shape), generator).to(u)
+            u = u + params["flicker_noise"]["strength"] * self.config.flicker_amplitude * field
+        if "gaussian_noise" in params:
+            u = u + params["gaussian_noise"]["std"] * torch.randn(u.shape, generator=generator,
+                                                                  device=generator.device).to(u)
+        return from_unit(decode(encode(u.clamp(0, 1), params["jpeg"]["quality"]), x.device))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        check_shape(x, (1, 3, None, None), "WQI input")
+        params = self.sample(generator)
+        return self.apply(x, params, generator), params
 
 
 def degrade(x: torch.Tensor, generator: torch.Generator, config: WQIConfig | None = None) -> tuple[torch.Tensor, dict]:
