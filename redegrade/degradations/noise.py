@@ -15,7 +15,8 @@ class _SurrogateClamp(torch.autograd.Function):
     """Forward: clamp to ``[0,1]``. Backward: gradient of ``sigmoid(k (x − ½))``.
 
     A hard clamp passes no gradient where the prior's output leaves ``[0,1]``; the sigmoid's slope
-    pulls such pixels back instead of leaving them stuck.
+    pulls such pixels back instead of leaving them stuck. (Inside the range the slope is below 1,
+    at most k/4 = ½ at mid-grey, as in RSG.)
     """
 
     @staticmethod
@@ -62,10 +63,12 @@ class PoissonDrop(Degradation):
         self._approx_gen = torch.Generator().manual_seed((self.seed + 1) % 2**63)
 
     def _apply(self, u: torch.Tensor) -> torch.Tensor:
-        g = torch.Generator(device=u.device).manual_seed(self.seed)  # fresh each call: same target every time
-        y = torch.poisson(u * self.photons, generator=g) / self.photons
-        y = y * drop_mask(tuple(u.shape), self.drop, g, u.device)
-        return y.clamp(0, 1)
+        # A fresh CPU generator each call: the same target every time, whatever the device.
+        g = torch.Generator().manual_seed(self.seed)
+        v = u.detach().float().cpu()
+        y = torch.poisson(v * self.photons, generator=g) / self.photons
+        y = y * drop_mask(tuple(v.shape), self.drop, g, v.device)
+        return y.clamp(0, 1).to(u)
 
     def _approx(self, u: torch.Tensor) -> torch.Tensor:
         # The prior's output is pre-clamped because the true noise is added to images in [0,1].
