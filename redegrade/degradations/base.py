@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from redegrade.errors import ConfigError, ShapeError
 from redegrade.image import check_image, png_roundtrip
 
 
@@ -88,8 +89,6 @@ class Degradation:
     def _check_input(self, x: torch.Tensor) -> None:
         check_image(x, f"input of degradation {self.name or type(self).__name__}")
         if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            from redegrade.errors import ShapeError
-
             raise ShapeError(
                 f"degradation {self.name} {self.level} was built for {self.input_size}×{self.input_size} "
                 f"inputs, got {x.shape[-1]}×{x.shape[-2]}; build it with resolution={x.shape[-1]} "
@@ -107,10 +106,10 @@ class Composed(Degradation):
 
     def __init__(self, parts: list[Degradation], *, name: str = "", level: str = ""):
         if not parts:
-            raise ValueError("Composed needs at least one degradation")
+            raise ConfigError("Composed needs at least one degradation")
         for a, b in zip(parts, parts[1:]):
             if a.output_size[0] != b.input_size:
-                raise ValueError(f"{a.name} outputs {a.output_size[0]}² but {b.name} expects {b.input_size}²")
+                raise ConfigError(f"{a.name} outputs {a.output_size[0]}² but {b.name} expects {b.input_size}²")
         params: dict = {}
         for p in parts:
             params.update(p.params)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, JpegImagePlugin
 
 from redegrade.degradations.base import Degradation
-from redegrade.errors import InputError
+from redegrade.errors import ConfigError, InputError
 
 #: PIL's ``subsampling`` argument for 4:2:0, the chroma subsampling RSG asserts.
 SUBSAMPLING_420 = 2
@@ -80,7 +80,7 @@ def quantization_tables(quality: int) -> tuple[torch.Tensor, torch.Tensor]:
     ``table[u, v]`` divides the coefficient of vertical frequency ``u`` and horizontal frequency ``v``.
     """
     if not 1 <= int(quality) <= 100:
-        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
     luma, chroma = _tables(int(quality))
     return (torch.tensor(luma, dtype=torch.float32).view(8, 8), torch.tensor(chroma, dtype=torch.float32).view(8, 8))
 

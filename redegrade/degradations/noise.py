@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from redegrade.degradations.base import Degradation
+from redegrade.errors import ConfigError
 
 #: Steepness of the surrogate gradient of the clamp (RSG's ``AddNoise.k``).
 SURROGATE_K = 2.0
@@ -54,7 +55,7 @@ class PoissonDrop(Degradation):
 
     def __init__(self, photons: float, drop: float, *, resolution: int, seed: int):
         if photons <= 0 or not 0 <= drop < 1:
-            raise ValueError(f"need photons > 0 and 0 <= drop < 1, got ({photons}, {drop})")
+            raise ConfigError(f"need photons > 0 and 0 <= drop < 1, got ({photons}, {drop})")
         self.photons = float(photons)
         self.drop = float(drop)
         super().__init__(input_size=resolution, output_size=resolution,

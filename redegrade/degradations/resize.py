@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from redegrade.degradations.base import Degradation
+from redegrade.errors import ConfigError
 
 #: The filters RSG draws from (one per task instance).
 FILTERS: dict[str, Image.Resampling] = {
@@ -40,11 +41,11 @@ class Downsample(Degradation):
 
     def __init__(self, factor: int, *, resolution: int, seed: int, filter: str | None = None):
         if factor < 1 or resolution // factor < 1:
-            raise ValueError(f"cannot downsample {resolution}² by {factor}")
+            raise ConfigError(f"cannot downsample {resolution}² by {factor}")
         if filter is None:
             filter = list(FILTERS)[int(np.random.default_rng(seed).integers(len(FILTERS)))]
         if filter not in FILTERS:
-            raise ValueError(f"unknown resize filter {filter!r}; choose from {', '.join(FILTERS)}")
+            raise ConfigError(f"unknown resize filter {filter!r}; choose from {', '.join(FILTERS)}")
         self.factor = int(factor)
         self.filter = filter
         super().__init__(input_size=resolution, output_size=resolution // factor,
