@@ -1,0 +1,296 @@
+"""The RSG backend: phases V → W → W+ → W++ through blind, naive and non-blind forward models."""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from redegrade.backend import Restoration, StepInfo
+from redegrade.errors import ConfigError
+from redegrade.forward import ForwardModel, Identity, KnownDegradation
+from redegrade.objective import build
+from redegrade_rsg import RSG, Phase, RSGConfig
+from redegrade_rsg.phases import convert, to_ws
+
+RES = 32
+
+
+# ---------------------------------------------------------------- stand-ins until the real parts land
+class _Mapping(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w_avg", torch.randn(512, generator=torch.Generator().manual_seed(1)) * 0.3)
+
+
+class _Synthesis(nn.Module):
+    """A few modulated 3×3 convs; w++ vectors of a layer are averaged (enough to be a prior here)."""
+
+    def __init__(self, num_ws=4, ch=8):
+        super().__init__()
+        g = torch.Generator().manual_seed(2)
+        self.num_ws, self.ch = num_ws, ch
+        self.const = nn.Parameter(torch.randn(1, ch, 4, 4, generator=g))
+        self.affine = nn.Parameter(torch.randn(num_ws, 512, ch, generator=g) / math.sqrt(512))
+        self.conv = nn.Parameter(torch.randn(num_ws, ch, ch, 3, 3, generator=g) / math.sqrt(9 * ch))
+        self.rgb = nn.Parameter(torch.randn(3, ch, 1, 1, generator=g) / math.sqrt(ch))
+
+    def forward(self, ws, noise_mode="const"):
+        per = ws.shape[1] // self.num_ws
+        x = self.const.expand(ws.shape[0], -1, -1, -1)
+        for i in range(self.num_ws):
+            s = ws[:, i * per:(i + 1) * per].mean(1) @ self.affine[i] + 1  # [B,ch]
+            if x.shape[-1] < RES:
+                x = nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = nn.functional.leaky_relu(nn.functional.conv2d(x * s[:, :, None, None], self.conv[i], padding=1), 0.2)
+        return torch.tanh(nn.functional.conv2d(x, self.rgb))
+
+
+class StandInG(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mapping, self.synthesis = _Mapping(), _Synthesis()
+        self.num_ws, self.img_resolution = self.synthesis.num_ws, RES
+
+
+class StandInRedegrader(ForwardModel):
+    """Blur + colour shift + noise, driven by e_g [1,8], e_l [1,4,H/2,W/2] and n [1,1,H,W]."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Conv2d(3 + 4 + 1 + 8, 3, 3, padding=1)
+        self.freeze()
+        self.e_g = self.e_l = self.n = None
+
+    def reset(self, y, *, generator=None):
+        super().reset(y)
+        h, w = y.shape[-2:]
+        self.e_g = y.mean((2, 3)).repeat(1, 3)[:, :8].clone().requires_grad_(True)
+        self.e_l = torch.rand(1, 4, h // 2, w // 2, generator=generator).requires_grad_(True)
+        self.n = torch.randn(1, 1, h, w, generator=generator).requires_grad_(True)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        e_l = nn.functional.interpolate(self.e_l, size=(h, w), mode="nearest")
+        e_g = self.e_g[:, :, None, None].expand(-1, -1, h, w)
+        return x + 0.2 * torch.tanh(self.mix(torch.cat([x, e_l, self.n, e_g], 1)))
+
+    def named_variables(self):
+        return {"e_g": self.e_g, "e_l": self.e_l, "n": self.n}
+
+
+def _generator():
+    try:
+        from redegrade_stylegan2 import tiny_generator
+    except ImportError:
+        return StandInG()
+    return tiny_generator(resolution=RES, seed=0)
+
+
+@functools.cache
+def _redegrader_template() -> ForwardModel:
+    # Tiny random weights for the frozen network, built once under a fixed seed; tests get copies.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        try:
+            from redegrade.model import ModelConfig, UniversalDegradationModel
+            from redegrade.redegrader import Redegrader
+        except ImportError:
+            return StandInRedegrader()
+        return Redegrader(UniversalDegradationModel(ModelConfig.preset("tiny"))).freeze()
+
+
+def _redegrader() -> ForwardModel:
+    return copy.deepcopy(_redegrader_template())
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny networks gain nothing from intra-op threads, and on shared, contended cores extra threads
+    # make them 10-100× slower.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def G():
+    return _generator()
+
+
+@pytest.fixture(scope="module")
+def lpips_objective():
+    # LPIPS-VGG with a random backbone (no downloads here): RSG's real loss structure, not the real metric.
+    return build("lpips", pretrained_backbone=False)
+
+
+@pytest.fixture(scope="module")
+def objective():
+    return build("l1")  # weight-free and fast, for the tests that are not about the loss itself
+
+
+@pytest.fixture(scope="module")
+def target(G):
+    """A generator image away from w_avg, slightly degraded: a reachable but non-trivial target."""
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        ws = G.mapping.w_avg + 0.8 * torch.randn(1, G.num_ws, G.mapping.w_avg.numel(), generator=g)
+        x = G.synthesis(ws, noise_mode="const")
+    return (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+
+
+def _config(steps=6, **kw):
+    return RSGConfig(steps=steps, device="cpu", **kw)
+
+
+# ---------------------------------------------------------------- schedule as data
+def test_default_schedule_is_v_w_wplus_wpp_with_rsg_rates():
+    s = RSGConfig().schedule()
+    assert [(p.name, p.space, p.steps, p.lr) for p in s] == [
+        ("V", "w", 150, 0.08), ("W", "w", 150, 0.08), ("W+", "w+", 150, 0.02), ("W++", "w++", 150, 0.005)]
+    assert s[0].variables_lr is None and all(p.variables_lr for p in s[1:])
+    assert [p.steps for p in RSGConfig(steps=3).schedule()] == [3, 3, 3, 3]
+    assert [p.name for p in RSGConfig(phases="W,W+,W++").schedule()] == ["W", "W+", "W++"]
+
+
+@pytest.mark.parametrize("phases", ["W,V", "X", "W,W", ""])
+def test_bad_phase_list_is_a_config_error(phases):
+    with pytest.raises(ConfigError, match="phases"):
+        RSGConfig(phases=phases).schedule()
+
+
+def test_latent_conversions_keep_the_image(G):
+    w = G.mapping.w_avg.reshape(1, 1, -1) + 0.1
+    wp = convert(w, "w", "w+", G.num_ws)
+    wpp = convert(wp, "w+", "w++", G.num_ws)
+    d = G.mapping.w_avg.numel()
+    assert wp.shape == (1, G.num_ws, d) and wpp.shape == (1, G.num_ws * d, d)
+    assert torch.equal(convert(w, "w", "w++", G.num_ws), wpp)
+    with torch.no_grad():
+        a = G.synthesis(to_ws(w, "w", G.num_ws), noise_mode="const")
+        b = G.synthesis(wpp, noise_mode="const")
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError):
+        convert(wp, "w+", "w", G.num_ws)
+
+
+# ---------------------------------------------------------------- blind: the Done criteria
+def test_blind_restore_lowers_loss_each_phase_and_moves_variables_only_after_v(G, lpips_objective, target):
+    fm = _redegrader()
+    fm.reset(target, generator=torch.Generator().manual_seed(0))
+    init = {k: v.detach().clone() for k, v in fm.named_variables().items()}
+    assert {"e_g", "e_l"} <= set(init) and any(k == "n" or k.startswith("n.") for k in init)
+
+    seen: list[StepInfo] = []
+    end_of_v: dict[str, torch.Tensor] = {}
+
+    def progress(info: StepInfo):
+        seen.append(info)
+        if info.phase == "V" and info.step == info.total:  # after V's last update
+            end_of_v.update({k: v.detach().clone() for k, v in fm.named_variables().items()})
+
+    out = RSG(_config(steps=8), prior=G, objective=lpips_objective).restore(target, fm, progress=progress)
+
+    assert isinstance(out, Restoration)
+    assert [s.phase for s in seen] == ["V"] * 8 + ["W"] * 8 + ["W+"] * 8 + ["W++"] * 8
+    assert [s.lr for s in seen[::8]] == [0.08, 0.08, 0.02, 0.005]
+    assert out.history == seen and out.info["nfe"] == 32
+    assert list(out.info["phase_losses"]) == ["V", "W", "W+", "W++"]
+    for name, (first, last) in out.info["phase_losses"].items():
+        assert last < first, f"phase {name} did not lower the objective: {first:.4f} → {last:.4f}"
+    assert out.info["final_loss"] < out.info["initial_loss"]
+    for k, v in init.items():
+        assert torch.equal(end_of_v[k], v), f"{k} moved during V"
+        assert not torch.equal(out.state[k], v), f"{k} did not move after V"
+    assert set(out.phases) == {"V", "W", "W+", "W++"}
+    assert not torch.equal(out.phases["V"], out.phases["W++"])
+    assert out.image.shape == (1, 3, RES, RES) and out.image.abs().max() <= 1
+    assert out.redegraded.shape == target.shape
+    d = G.mapping.w_avg.numel()
+    assert out.state["latent"].shape == (1, G.num_ws * d, d)
+    assert out.info["latent_space"] == "w++"
+    for v in fm.variables():  # the contract: variables stay optimisable leaves afterwards
+        assert v.requires_grad and v.grad is None
+
+
+def test_restore_is_deterministic(G, objective, target):
+    def run():
+        fm = _redegrader()
+        fm.reset(target, generator=torch.Generator().manual_seed(0))
+        return RSG(_config(steps=2), prior=G, objective=objective).restore(target, fm)
+
+    a, b = run(), run()
+    assert torch.equal(a.image, b.image) and torch.equal(a.state["e_l"], b.state["e_l"])
+
+
+# ---------------------------------------------------------------- the same backend, other forward models
+def test_naive_mode_is_the_same_backend_with_identity(G, objective, target):
+    out = RSG(_config(steps=5), prior=G, objective=objective).restore(target, Identity())
+    assert set(out.state) == {"latent"}
+    assert out.info["final_loss"] < out.info["initial_loss"]
+    torch.testing.assert_close(out.redegraded.clamp(-1, 1), out.image, atol=1e-6, rtol=0)
+
+
+class _HalfRes:
+    """A known differentiable degradation: 2× area downsampling, with an inpainting mask."""
+
+    def __init__(self, res):
+        self.mask = torch.ones(1, 1, res // 2, res // 2)
+        self.mask[..., : res // 8, :] = 0
+
+    def approx(self, x):
+        return torch.nn.functional.avg_pool2d(x, 2)
+
+    def apply(self, x):
+        return self.approx(x)
+
+
+def _known_degradation():
+    try:
+        from redegrade.degradations import ffhqx
+
+        return ffhqx.task("P", "XS", resolution=RES, seed=0)  # inpainting: exercises the masked loss
+    except (ImportError, AttributeError):
+        return _HalfRes(RES)
+
+
+def test_non_blind_known_degradation_runs(G, objective, target):
+    task = _known_degradation()
+    fm = KnownDegradation(task, resolution=RES)
+    y = task.apply(target)
+    out = RSG(_config(steps=5), prior=G, objective=objective).restore(y, fm)
+    assert out.redegraded.shape == y.shape
+    assert out.info["final_loss"] < out.info["initial_loss"]
+
+
+def test_plain_callable_objective_and_zero_steps(G, target):
+    calls = []
+
+    def l1(y, y_hat):
+        calls.append(1)
+        return (y - y_hat).abs().mean()
+
+    out = RSG(_config(steps=0), prior=G, objective=l1).restore(target, Identity())
+    with torch.no_grad():
+        w_avg_image = G.synthesis(G.mapping.w_avg.expand(1, G.num_ws, -1), noise_mode="const")
+    torch.testing.assert_close(out.image, w_avg_image.clamp(-1, 1))
+    assert out.history == [] and calls
+
+
+def test_rejects_a_batch(G, objective, target):
+    from redegrade.errors import ShapeError
+
+    with pytest.raises(ShapeError):
+        RSG(_config(), prior=G, objective=objective).restore(target.repeat(2, 1, 1, 1), Identity())
+
+
+def test_phase_validation():
+    with pytest.raises(ConfigError):
+        Phase("X", "z", 1, 0.1)
+    with pytest.raises(ConfigError):
+        Phase("X", "w", 1, -0.1)
