@@ -1,0 +1,184 @@
+"""The DPS backend: diffusion posterior sampling with a (blind) forward model in the loop."""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+
+from redegrade import settings
+from redegrade.backend import Backend, Progress, Restoration, StepInfo
+from redegrade.errors import MissingCheckpointError, ShapeError
+from redegrade.forward import ForwardModel
+from redegrade.image import check_image
+from redegrade_dps.config import DPSConfig
+from redegrade_dps.models import EpsModel, _is_adm, as_eps_model, load_eps_model
+from redegrade_dps.sampler import (EarlyExit, Schedule, ancestral_step, guidance_step, log_variance, predict_x0,
+                                   respace)
+
+log = logging.getLogger(__name__)
+PHASE = "dps"
+
+
+class DPS(Backend):
+    """Diffusion posterior sampling (Chung et al., ICLR 2023) on a diffusers or ADM UNet.
+
+    Each step: ε (and v) from the UNet at x_t → x̂₀ (clipped) → ancestral x'_{t−1} → the DPS correction
+    ``x_{t−1} = x'_{t−1} − ζ ∇_{x_t}‖y − A(x̂₀)‖``, while the forward model's variables take one Adam step
+    on ``variables_loss(y, A(x̂₀))``. One UNet forward and (when ζ > 0) one backward per step; the graph
+    is dropped every step, so memory is that of a single UNet evaluation.
+
+    ``prior`` may be an :class:`~redegrade_dps.models.EpsModel` or a bare ``UNet2DModel`` (DPS's linear
+    1000-step schedule is then assumed); otherwise ``config.diffusion_model`` is loaded on first use.
+    """
+
+    Config = DPSConfig
+
+    def __init__(self, config: DPSConfig | None = None, *, prior: torch.nn.Module | None = None,
+                 objective: Callable[..., torch.Tensor] | None = None):
+        super().__init__(config, prior=prior, objective=objective)
+        self.config.validate()
+        self._model: EpsModel | None = as_eps_model(prior) if prior is not None else None
+
+    @property
+    def model(self) -> EpsModel:
+        """The ε-model, loaded from ``config.diffusion_model`` on first use."""
+        if self._model is None:
+            self._model = load_eps_model(self.config.diffusion_model)
+        return self._model
+
+    @property
+    def resolution(self) -> int:
+        return self.model.sample_size
+
+    def check(self, device: torch.device) -> None:
+        """Cheap viability check: the diffusion model must be loadable here without surprises."""
+        if self._model is not None:
+            return
+        name = self.config.diffusion_model
+        if _is_adm(name):
+            from redegrade.weights import REGISTRY, cache_path
+
+            if name in REGISTRY and settings.offline() and not cache_path(name).is_file():
+                raise MissingCheckpointError(f"{name} is not cached and REDEGRADE_OFFLINE is set; "
+                                             f"run `python -m redegrade.weights fetch {name}` with internet")
+            return
+        if settings.offline():
+            from pathlib import Path
+
+            if not Path(name).expanduser().is_dir():
+                from huggingface_hub import try_to_load_from_cache
+
+                if not isinstance(try_to_load_from_cache(name, "config.json"), str) and \
+                        not isinstance(try_to_load_from_cache(name, "unet/config.json"), str):
+                    raise MissingCheckpointError(f"diffusion model {name!r} is not in the Hugging Face cache and "
+                                                 "the network is off; pass --diffusion-model LOCAL_FOLDER")
+
+    def _variables_objective(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+        kind = self.config.variables_loss
+        if kind == "norm":
+            return lambda y, y_hat, mask=None: torch.linalg.norm(y - y_hat)
+        if kind == "l1":
+            return lambda y, y_hat, mask=None: (y - y_hat).abs().mean()
+        if self._objective is None:
+            from redegrade import objective
+
+            self._objective = objective.build(self.config.loss)
+        return self._objective
+
+    def restore(self, y: torch.Tensor, forward_model: ForwardModel, *,
+                progress: Progress | None = None) -> Restoration:
+        """Sample x ~ p(x | y) under ``forward_model``; ``y`` is [1,3,R,R] at the model resolution R."""
+        cfg = self.config
+        check_image(y, "observation")
+        device = settings.resolve_device(cfg.device)
+        model = self.model.to(device)
+        sched_train = model.schedule
+        schedule = Schedule.spaced(sched_train.betas, respace(sched_train.num_train_timesteps, cfg.steps, cfg.spacing))
+        n_steps, res = len(schedule), model.sample_size
+
+        # 1. observation and forward model (variables seeded from the one seed)
+        y = y.to(device=device, dtype=torch.float32)
+        forward_model = forward_model.to(device)
+        forward_model.reset(y, generator=settings.generator(cfg.seed, device))
+        with torch.no_grad():
+            probe = forward_model(torch.zeros(1, 3, res, res, device=device))
+        if probe.shape != y.shape:
+            raise ShapeError(f"the observation is {'×'.join(map(str, y.shape[-2:]))} but the forward model maps the "
+                             f"diffusion model's {res}×{res} output to {'×'.join(map(str, probe.shape[-2:]))}; "
+                             f"bring the input to {res}×{res} first")
+        variables = forward_model.variables()
+        fit_vars = bool(variables) and cfg.variables_lr > 0
+        optimiser = torch.optim.Adam(variables, lr=cfg.variables_lr) if fit_vars else None
+        var_loss = self._variables_objective() if fit_vars else None
+        start = int(round(cfg.variables_start * n_steps))
+        mask = forward_model.mask()
+
+        # 2. initial noise (CPU generator, so a seed gives the same sample on any device)
+        gen = settings.generator(cfg.seed)
+        x = torch.randn(1, 3, res, res, generator=gen).to(device)
+        x_T = x.detach().cpu()
+        exit_rule = EarlyExit(cfg.early_exit_window, cfg.early_exit_tol,
+                              min_steps=int(cfg.early_exit_after * n_steps)) if cfg.early_exit else None
+        keep = {max(1, round(n_steps * (k + 1) / (cfg.snapshots + 1))) for k in range(cfg.snapshots)}
+        history: list[StepInfo] = []
+        phases: dict[str, torch.Tensor] = {}
+        nfe, exit_step, x0 = 0, None, None
+
+        # 3. the loop, t = T−1 … 0 (k counts steps from 1)
+        for k, i in enumerate(reversed(range(n_steps)), start=1):
+            t = schedule.timesteps[i]
+            need_x_grad = cfg.zeta > 0
+            step_vars = fit_vars and k > start
+            x_t = x.detach().requires_grad_(need_x_grad)
+            with torch.set_grad_enabled(need_x_grad or step_vars):
+                with torch.set_grad_enabled(need_x_grad):
+                    eps, v = model(x_t, t)
+                    nfe += 1
+                    x0 = predict_x0(x_t, eps, float(schedule.alphas_cumprod[i]), clip=sched_train.clip_sample)
+                y_hat = forward_model(x0)
+                residual = torch.linalg.norm(y - y_hat)        # DPS: ‖y − A(x̂₀)‖₂, not squared
+                grad_x = None
+                if step_vars:
+                    assert optimiser is not None and var_loss is not None
+                    vl = residual if cfg.variables_loss == "norm" else var_loss(y, y_hat, mask)
+                    grads = torch.autograd.grad(vl, variables, retain_graph=need_x_grad, allow_unused=True)
+                    for p, g in zip(variables, grads):
+                        p.grad = g
+                if need_x_grad:
+                    (grad_x,) = torch.autograd.grad(residual, x_t)
+            lr = None
+            if step_vars:
+                assert optimiser is not None
+                lr = cfg.variables_lr * 0.5 * (1 + math.cos(math.pi * (k - start - 1) / max(1, n_steps - start)))
+                for group in optimiser.param_groups:
+                    group["lr"] = lr
+                optimiser.step()
+                optimiser.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                x0 = x0.detach()
+                lv = log_variance(schedule, i, sched_train.variance_type, None if v is None else v.detach())
+                noise = torch.randn(x.shape, generator=gen).to(device) if i > 0 else torch.zeros_like(x)
+                x = guidance_step(ancestral_step(schedule, i, x0, x_t.detach(), lv, noise), grad_x, cfg.zeta)
+            info = StepInfo(PHASE, k, n_steps, float(residual.detach()), lr)
+            history.append(info)
+            if progress is not None:
+                progress(info)
+            if k in keep:
+                phases[f"x0_t{t}"] = x0.cpu()
+            if exit_rule is not None and i > 0 and exit_rule.update(info.loss):
+                exit_step = k
+                log.info("early exit after %d of %d steps: ‖y − A(x̂₀)‖ improved by < %.3g%% over the last %d steps",
+                         k, n_steps, 100 * cfg.early_exit_tol, cfg.early_exit_window)
+                break
+
+        # 4. result: the final sample, or x̂₀ where the sampler stopped early
+        image = (x0 if exit_step is not None else x).detach().clamp(-1, 1)
+        with torch.no_grad():
+            redegraded = forward_model(image)
+        state = {name: p.detach().cpu() for name, p in forward_model.named_variables().items()}
+        state["x_T"] = x_T
+        return Restoration(image.cpu(), redegraded.detach().cpu(), state, history, phases,
+                           {"nfe": nfe, "early_exit_step": exit_step, "steps": n_steps,
+                            "timesteps": list(schedule.timesteps), "residual": float(torch.linalg.norm(y - redegraded))})

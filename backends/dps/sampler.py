@@ -1,0 +1,138 @@
+"""DPS update rules as small functions of tensors (the "scheduler" half of the backend).
+
+Notation (Ho et al. 2020; DPS, Chung et al. 2023): ᾱ_t the cumulative product of (1 − β_t),
+x̂₀ = (x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t, the posterior q(x_{t−1} | x_t, x̂₀) = N(μ, σ²) and the DPS step
+``x_{t−1} = x'_{t−1} − ζ ∇_{x_t} ‖y − A(x̂₀)‖``. A respaced schedule keeps a subset of the training
+timesteps and recomputes β from ᾱ at the kept steps (guided-diffusion's respacing; diffusers'
+``DDPMScheduler.set_timesteps`` does the same), so a learned-range variance interpolates between
+the *respaced* β and posterior variance.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from redegrade.errors import ConfigError
+
+SPACINGS = ("even", "strided")
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+
+
+def respace(num_train_timesteps: int, steps: int, spacing: str = "even") -> list[int]:
+    """The kept training timesteps, ascending.
+
+    ``even``: ``steps`` values rounded from an even grid over [0, T−1] (guided-diffusion's
+    ``space_timesteps`` with one section; includes 0 and T−1). ``strided``: 0, k, 2k, … with
+    k = T // steps (DDIM / diffusers' "leading" spacing). ``steps == T`` keeps every step.
+    """
+    if not 1 <= steps <= num_train_timesteps:
+        raise ConfigError(f"steps must be between 1 and {num_train_timesteps}, got {steps}")
+    if spacing not in SPACINGS:
+        raise ConfigError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if steps == num_train_timesteps:
+        return list(range(num_train_timesteps))
+    if spacing == "strided":
+        k = num_train_timesteps // steps
+        return [i * k for i in range(steps)]
+    if steps == 1:
+        return [num_train_timesteps - 1]
+    stride = (num_train_timesteps - 1) / (steps - 1)
+    return [round(i * stride) for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-step coefficients of a (possibly respaced) DDPM, float64, index i ↔ ``timesteps[i]``."""
+
+    timesteps: tuple[int, ...]
+    """Training timesteps fed to the network (raw integers), ascending."""
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    betas: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef_x0: torch.Tensor
+    posterior_mean_coef_xt: torch.Tensor
+
+    @classmethod
+    def spaced(cls, train_betas: torch.Tensor, timesteps: list[int] | tuple[int, ...]) -> "Schedule":
+        """The schedule that visits ``timesteps`` of a model trained with ``train_betas``."""
+        train_abar = torch.cumprod(1.0 - train_betas.double(), dim=0)
+        abar = train_abar[list(timesteps)]
+        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        betas = 1.0 - abar / abar_prev
+        post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+        # log of the posterior variance with the first entry (0) replaced by the second, as guided-diffusion
+        clipped = torch.log(torch.cat([post_var[1:2], post_var[1:]])) if len(post_var) > 1 else torch.log(betas)
+        return cls(tuple(int(t) for t in timesteps), abar, abar_prev, betas, post_var, clipped,
+                   betas * abar_prev.sqrt() / (1.0 - abar), (1.0 - abar_prev) * (1.0 - betas).sqrt() / (1.0 - abar))
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_cumprod: float, *, clip: bool = True) -> torch.Tensor:
+    """x̂₀ = √(1/ᾱ)·x_t − √(1/ᾱ − 1)·ε, clamped to [−1, 1] when ``clip`` (gradient 0 where clamped)."""
+    x0 = math.sqrt(1.0 / alpha_cumprod) * x_t - math.sqrt(1.0 / alpha_cumprod - 1.0) * eps
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+def log_variance(schedule: Schedule, i: int, kind: str, v: torch.Tensor | None = None) -> torch.Tensor | float:
+    """log σ² of step ``i``: ``fixed_small`` (posterior, clipped), ``fixed_large`` (β) or
+    ``learned_range`` (v ∈ [−1, 1] interpolates log β and the clipped posterior log variance)."""
+    if kind == "fixed_small":
+        return float(schedule.posterior_log_variance_clipped[i])
+    if kind == "fixed_large":
+        # guided-diffusion uses β with its first entry replaced by the posterior variance
+        beta = schedule.posterior_variance[1] if i == 0 and len(schedule) > 1 else schedule.betas[i]
+        return math.log(float(beta))
+    if kind == "learned_range":
+        if v is None:
+            raise ValueError("learned_range needs the model's variance output v")
+        lo, hi = float(schedule.posterior_log_variance_clipped[i]), math.log(float(schedule.betas[i]))
+        frac = (v + 1.0) / 2.0
+        return frac * hi + (1.0 - frac) * lo
+    raise ConfigError(f"unknown variance type {kind!r}; choose one of {', '.join(VARIANCES)}")
+
+
+def ancestral_step(schedule: Schedule, i: int, x0: torch.Tensor, x_t: torch.Tensor,
+                   log_var: torch.Tensor | float, noise: torch.Tensor) -> torch.Tensor:
+    """x'_{t−1} = μ(x̂₀, x_t) + exp(½ log σ²)·z, with z = 0 at the last step (i = 0)."""
+    mean = float(schedule.posterior_mean_coef_x0[i]) * x0 + float(schedule.posterior_mean_coef_xt[i]) * x_t
+    if i == 0:
+        return mean
+    std = torch.exp(0.5 * log_var) if isinstance(log_var, torch.Tensor) else math.exp(0.5 * log_var)
+    return mean + std * noise
+
+
+def guidance_step(x_prev: torch.Tensor, grad: torch.Tensor | None, zeta: float) -> torch.Tensor:
+    """DPS's correction ``x_{t−1} = x'_{t−1} − ζ·∇_{x_t}‖y − A(x̂₀)‖`` (the raw, unnormalised gradient)."""
+    return x_prev if grad is None or zeta == 0 else x_prev - zeta * grad
+
+
+class EarlyExit:
+    """Stop when an objective has stopped improving over a window (cf. UP-ZeroIR's quality-driven exit).
+
+    After each value, :meth:`update` returns True when the best value of the last ``window`` steps
+    improves on the best before them by less than ``tol`` (relative). No decision is taken in the first
+    ``min_steps`` steps or before ``2·window`` values exist.
+    """
+
+    def __init__(self, window: int, tol: float, *, min_steps: int = 0):
+        if window < 1:
+            raise ConfigError(f"early_exit_window must be ≥ 1, got {window}")
+        if tol < 0:
+            raise ConfigError(f"early_exit_tol must be ≥ 0, got {tol}")
+        self.window, self.tol, self.min_steps = window, tol, min_steps
+        self.values: list[float] = []
+
+    def update(self, value: float) -> bool:
+        self.values.append(value)
+        n = len(self.values)
+        if n < max(self.min_steps, 2 * self.window):
+            return False
+        before = min(self.values[: n - self.window])
+        recent = min(self.values[n - self.window:])
+        return (before - recent) < self.tol * max(abs(before), 1e-12)
