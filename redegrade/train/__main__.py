@@ -1,0 +1,98 @@
+"""``python -m redegrade.train``: train the universal degradation model on a folder of photos."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+import torch
+
+from redegrade.cli import setup_logging, user_errors
+from redegrade.settings import resolve_device
+from redegrade.train.data import PairSampler
+from redegrade.train.loop import TrainConfig, train
+from redegrade.train.losses import PERCEPTUAL
+
+log = logging.getLogger("redegrade.train")
+D = TrainConfig()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of clean photos (jpg/png, searched recursively). Degraded copies are made on the fly "
+                   "with the WQI mix. Get photos with `python -m redegrade.train.photos --out DIR`.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: checkpoint.pt (resumable), log.jsonl (one line per step), redegrader/ (inference).")
+@click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default=D.preset,
+              help="Model size: tiny (tests), small (CPU), paper (CDD sizes, for CUDA).")
+@click.option("--steps", type=click.IntRange(1), default=D.steps, help="Total steps (a resumed run counts earlier ones).")
+@click.option("--batch", type=click.IntRange(1), default=D.batch, help="Crops per step.")
+@click.option("--crop", type=click.IntRange(16), default=D.crop, help="Crop side in pixels (multiple of 8; CDD WQI: 128).")
+@click.option("--max-side", type=click.IntRange(32), default=D.max_side,
+              help="Photos are downscaled once so their short side is at most this.")
+@click.option("--lr", type=float, default=D.lr, help="Adam learning rate (encoders and synthesis).")
+@click.option("--lr-aux", type=float, default=D.lr_aux, help="Adam learning rate of the entropy models' quantiles.")
+@click.option("--adam-eps", type=float, default=D.adam_eps, help="Adam epsilon (CDD: 1e-3).")
+@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop cleanly (checkpoint + export) after this much wall time, even before --steps.")
+@click.option("--perceptual", type=click.Choice(PERCEPTUAL), default=D.perceptual,
+              help="Similarity loss d(y, ŷ): stats (fixed random filter bank, DISTS-style local mean/std; "
+                   "offline default), gram (same bank, Gram matrices), lpips (needs VGG16 ImageNet weights), "
+                   "l1 (pixels; punishes a different noise random state).")
+@click.option("--lambda-sim", type=float, default=D.lambda_sim, help="Weight of d(y, ŷ).")
+@click.option("--lambda-color", type=float, default=D.lambda_color, help="Weight of the blurred-colour L1 (rgbn).")
+@click.option("--lambda-diver", type=float, default=D.lambda_diver, help="Weight of the SSIM diversity loss (0 = off).")
+@click.option("--lambda-contra", type=float, default=D.lambda_contra, help="Weight of the MoCo loss on e_g (0 = off).")
+@click.option("--lambda-l", type=float, default=D.lambda_l, help="Rate weight λ_l (bits per e_l position).")
+@click.option("--lambda-g", type=float, default=D.lambda_g, help="Rate weight λ_g (bits per e_g; ≈ λ_l/20).")
+@click.option("--lambda-aux", type=float, default=D.lambda_aux, help="Weight of the entropy models' quantile loss.")
+@click.option("--gan/--no-gan", default=D.gan, help="Add a WGAN-GP critic on (x, ŷ) pairs (≈ doubles step time).")
+@click.option("--lambda-gan", type=float, default=D.lambda_gan, help="Weight of the adversarial term.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=D.checkpoint_every,
+              help="Write checkpoint.pt every N steps (and at the end).")
+@click.option("--log-every", type=click.IntRange(1), default=D.log_every, help="Log running losses every N steps.")
+@click.option("--resume/--no-resume", default=False, help="Continue from OUT/checkpoint.pt if it exists.")
+@click.option("--seed", type=int, default=D.seed, help="Seeds every draw: crops, degradations, noise, init.")
+@click.option("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N].")
+@click.option("--threads", type=click.IntRange(0), default=0, help="torch CPU threads (0 = torch's default).")
+@click.option("--progress/--no-progress", default=True, help="Show a tqdm progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@user_errors
+def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
+         lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
+         lambda_color: float, lambda_diver: float,
+         lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, gan: bool, lambda_gan: float,
+         checkpoint_every: int, log_every: int, resume: bool, seed: int, device: str, threads: int,
+         progress: bool, verbose: bool) -> None:
+    """Train the universal degradation model (encoders e_g/e_l, entropy models, IDA-SFT synthesis).
+
+    Every step takes BATCH random CROP×CROP crops of the photos in DATA, degrades them with the WQI
+    mix (blur, motion blur, exposure, noise, JPEG), encodes the degraded crop and re-synthesises it
+    from the clean crop. Losses (paper eq. 7): perceptual similarity, blurred-colour L1, SSIM diversity
+    between two noise draws, MoCo contrastive loss on e_g, the rates of e_g and e_l, the entropy
+    models' auxiliary loss, and optionally WGAN-GP. Load the result with
+    ``Redegrader.from_pretrained("OUT/checkpoint.pt")`` or ``"OUT/redegrader"``.
+
+    \b
+    Example (CPU, small preset):
+      python -m redegrade.train.photos --out photos
+      python -m redegrade.train --data photos/train --out runs/small --steps 2000 --crop 64 --batch 8
+    """
+    setup_logging(verbose)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    config = TrainConfig(preset=preset, steps=steps, batch=batch, crop=crop, lr=lr, lr_aux=lr_aux, adam_eps=adam_eps,
+                         perceptual=perceptual, lambda_sim=lambda_sim, lambda_color=lambda_color,
+                         lambda_diver=lambda_diver, lambda_contra=lambda_contra, lambda_l=lambda_l, lambda_g=lambda_g,
+                         lambda_aux=lambda_aux, gan=gan, lambda_gan=lambda_gan, seed=seed,
+                         checkpoint_every=checkpoint_every, log_every=log_every, max_side=max_side)
+    sampler = PairSampler.from_folder(data, crop=crop, batch=batch, max_side=max_side, seed=seed)
+    trainer = train(sampler, config, out, resume=resume, device=dev, progress=progress,
+                    max_minutes=max_minutes)
+    log.info("done: %d steps; checkpoint %s, inference folder %s", trainer.step_count, out / "checkpoint.pt",
+             out / "redegrader")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Training pairs from a folder of photos: clean crop x, degraded crop y, and MoCo's positive crop.
+
+Images are read once (jpg/jpeg/png, recursive), downscaled so the short side is at most
+``max_side`` and cached in memory as uint8. Each batch is a pure function of ``(seed, step)``: the
+sampler makes its own ``torch.Generator`` per step, so a resumed run sees exactly the batches an
+uninterrupted run would have seen, with no loader state to checkpoint.
+
+Per sample (tech-facts §1.10): pick an image, cut a region of ``region_scale``·crop, degrade the
+whole region with the WQI mix, then take two random crops of the degraded region — the first with
+its clean counterpart (x, y), the second as the contrastive positive (same degradation, other content).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from redegrade.errors import InputError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".jpg", ".jpeg", ".png")
+Degrade = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, dict]]
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """All jpg/jpeg/png files under ``root`` (recursive), sorted for a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"training data folder {root} does not exist; fetch photos with "
+                         "`python -m redegrade.train.photos --out DIR` or point --data at a folder of jpg/png files")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    if not files:
+        raise InputError(f"no .jpg/.jpeg/.png images found under {root}")
+    return files
+
+
+def load_cached(path: Path, max_side: int, min_side: int) -> torch.Tensor | None:
+    """Read an image as uint8 [3,H,W], downscaled (Lanczos) so the short side is ≤ ``max_side``.
+
+    Returns None (with a warning) for images smaller than ``min_side`` or unreadable files.
+    """
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            if min(w, h) > max_side:
+                s = max_side / min(w, h)
+                im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+            arr = np.asarray(im, dtype=np.uint8).copy()
+    except OSError as exc:
+        log.warning("skipping unreadable image %s (%s)", path, exc)
+        return None
+    if min(arr.shape[:2]) < min_side:
+        log.warning("skipping %s: %dx%d is smaller than the %d px region a sample needs",
+                    path, arr.shape[1], arr.shape[0], min_side)
+        return None
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def wqi_degrade() -> Degrade:
+    """The WQI training mix ``redegrade.degradations.wqi.degrade(x, generator) -> (y, params)``."""
+    from redegrade.degradations.wqi import degrade
+
+    return degrade
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor      # clean crops [B,3,c,c] in [-1,1]
+    y: torch.Tensor      # degraded crops at the same positions
+    y_pos: torch.Tensor  # second crops of the same degraded regions (MoCo positives)
+
+
+class PairSampler:
+    """Deterministic (seed, step) → :class:`Batch` sampler over an in-memory image cache."""
+
+    def __init__(self, images: list[torch.Tensor], *, crop: int, batch: int, seed: int = 0,
+                 degrade: Degrade | None = None, region_scale: float = 1.5, names: list[str] | None = None):
+        if not images:
+            raise InputError("no usable training images (all were unreadable or too small)")
+        if crop % 8:
+            raise InputError(f"--crop must be a multiple of 8 (the synthesis U-Net halves three times), got {crop}")
+        self.images, self.crop, self.batch, self.seed = images, crop, batch, seed
+        self.region = int(round(crop * region_scale))
+        small = min(min(im.shape[-2:]) for im in images)
+        self.region = max(crop, min(self.region, small))
+        self.degrade = degrade if degrade is not None else wqi_degrade()
+        self.names = names or [str(i) for i in range(len(images))]
+        # sample images in proportion to their area so big photos are not under-used
+        area = torch.tensor([float(im.shape[-1] * im.shape[-2]) for im in images])
+        self.weights = area / area.sum()
+
+    @classmethod
+    def from_folder(cls, root: str | Path, *, crop: int, batch: int, max_side: int = 512, seed: int = 0,
+                    degrade: Degrade | None = None, region_scale: float = 1.5) -> PairSampler:
+        """Load every photo under ``root`` once (short side ≤ ``max_side``) and build a sampler."""
+        files = find_images(root)
+        images, names = [], []
+        for f in files:
+            im = load_cached(f, max_side, crop)
+            if im is not None:
+                images.append(im)
+                names.append(str(f))
+        mb = sum(im.numel() for im in images) / 2 ** 20
+        log.info("cached %d training images from %s (%.1f MiB as uint8)", len(images), root, mb)
+        return cls(images, crop=crop, batch=batch, seed=seed, degrade=degrade, region_scale=region_scale, names=names)
+
+    def generator(self, step: int) -> torch.Generator:
+        # one independent stream per (seed, step): resuming needs no sampler state
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) % (2 ** 63))
+
+    def _randint(self, high: int, g: torch.Generator) -> int:
+        return int(torch.randint(0, high, (1,), generator=g)) if high > 0 else 0
+
+    def sample(self, step: int) -> Batch:
+        """The batch for training step ``step`` (same step, same seed → same tensors)."""
+        g = self.generator(step)
+        xs, ys, ps = [], [], []
+        r, c = self.region, self.crop
+        idx = torch.multinomial(self.weights, self.batch, replacement=True, generator=g)
+        for i in idx.tolist():
+            im = self.images[i]
+            h, w = im.shape[-2:]
+            top, left = self._randint(h - r + 1, g), self._randint(w - r + 1, g)
+            region = im[:, top:top + r, left:left + r].float().div(127.5).sub(1).unsqueeze(0)
+            if bool(torch.rand((), generator=g) < 0.5):  # flips add content variety for free
+                region = region.flip(-1)
+            degraded, _ = self.degrade(region, g)
+            degraded = degraded.clamp(-1, 1)
+            t1, l1 = self._randint(r - c + 1, g), self._randint(r - c + 1, g)
+            t2, l2 = self._randint(r - c + 1, g), self._randint(r - c + 1, g)
+            xs.append(region[..., t1:t1 + c, l1:l1 + c])
+            ys.append(degraded[..., t1:t1 + c, l1:l1 + c])
+            ps.append(degraded[..., t2:t2 + c, l2:l2 + c])
+        return Batch(torch.cat(xs), torch.cat(ys), torch.cat(ps))
+
+
+def synthetic_images(n: int = 4, size: int = 96, seed: int = 0) -> list[torch.Tensor]:
+    """Smooth random colour images with edges (uint8 [3,H,W]): a stand-in dataset for tests."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        base = torch.rand(1, 3, size // 8, size // 8, generator=g)
+        im = F.interpolate(base, size=(size, size), mode="bicubic", align_corners=False)
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        cx, cy, rad = (torch.rand(3, generator=g) * size).tolist()
+        disc = (((xx - cx) ** 2 + (yy - cy) ** 2) < (rad / 2) ** 2).float()
+        im = im * (1 - 0.5 * disc) + 0.5 * disc * torch.rand(3, 1, 1, generator=g)
+        out.append((im[0].clamp(0, 1) * 255).round().to(torch.uint8))
+    return out
+
+
+__all__ = ["EXTENSIONS", "find_images", "load_cached", "wqi_degrade", "Batch", "PairSampler", "synthetic_images"]

@@ -1,0 +1,239 @@
+"""Training the universal degradation model: losses, data, MoCo, loop, resume, CLI, photo helper."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from redegrade.train import losses as L
+from redegrade.train.__main__ import main as train_cli
+from redegrade.train.data import PairSampler, synthetic_images
+from redegrade.train.loop import CHECKPOINT, LOG_FILE, TrainConfig, Trainer, build_model, load_checkpoint, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # 2 shared cores: one thread avoids OpenMP oversubscription and keeps CPU results reproducible
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _photo(size: int = 64) -> torch.Tensor:
+    import skimage.data
+
+    im = torch.tensor(skimage.data.astronaut()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return torch.nn.functional.interpolate(im, size=(size, size), mode="area")
+
+
+def _sampler(crop: int = 32, batch: int = 4, seed: int = 0) -> PairSampler:
+    return PairSampler(synthetic_images(4, 64, seed=seed), crop=crop, batch=batch, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ losses
+def test_stats_loss_compares_distributions_not_pixels():
+    """A different noise random state costs far less than no noise or blur; pixel L1 gets this backwards."""
+    x = _photo(64)
+    g = torch.Generator().manual_seed(0)
+    n1, n2 = (torch.randn(x.shape, generator=g) * 0.1 for _ in range(2))
+    blurred = L.gaussian_blur(x, 7, 2.0)
+    stats, l1 = L.StatsLoss(), L.L1Loss()
+    same_dist = stats(x + n1, x + n2)
+    assert same_dist < 0.5 * stats(x + n1, x)
+    assert same_dist < 0.1 * stats(x, blurred)
+    assert float(stats(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert l1(x + n1, x + n2) > l1(x + n1, x)  # why pixel losses cannot train noise transfer
+    gram = L.GramLoss()
+    assert gram(x + n1, x + n2) < 0.5 * gram(x + n1, x)
+
+
+def test_stats_loss_is_fixed_by_its_seed():
+    x = _photo(32)
+    y = x + 0.05
+    assert float(L.StatsLoss(seed=3)(x, y)) == float(L.StatsLoss(seed=3)(x, y))
+    assert float(L.StatsLoss(seed=3)(x, y)) != float(L.StatsLoss(seed=4)(x, y))
+
+
+def test_diversity_loss_rewards_different_random_states():
+    x = _photo(32)
+    g = torch.Generator().manual_seed(1)
+    n1, n2 = (torch.randn(x.shape, generator=g) * 0.2 for _ in range(2))
+    same = L.diversity_loss(x + n1, x + n1)
+    different = L.diversity_loss(x + n1, x + n2)
+    assert float(same) == pytest.approx(1.0, abs=1e-5)
+    assert different < same - 0.05
+    # |σ12|: flipping the sign of one sample's noise does not count as diversity
+    assert L.diversity_loss(n1, -n1) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_diversity_of_the_model_depends_on_its_noise_draws():
+    m = build_model("tiny")
+    x = _photo(32)
+    code, _ = m.quantize(m.encode(x), "none")
+    n1 = m.sample_noise(x, generator=torch.Generator().manual_seed(1))
+    n2 = m.sample_noise(x, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a, a2, b = m.synthesize(x, code, n1), m.synthesize(x, code, n1), m.synthesize(x, code, n2)
+    assert float(L.diversity_loss(a, a2)) == pytest.approx(1.0, abs=1e-5)
+    assert L.diversity_loss(a, b) < 1.0 - 1e-4
+
+
+def test_color_loss_sees_colour_casts_not_noise():
+    x = _photo(64)
+    g = torch.Generator().manual_seed(2)
+    noisy = x + torch.randn(x.shape, generator=g) * 0.1
+    cast = x.clone()
+    cast[:, 0] = cast[:, 0] * 0.6 - 0.3
+    assert L.color_loss(x, cast) > 5 * L.color_loss(x, noisy)
+
+
+def test_contrastive_loss_prefers_matching_keys():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 16, generator=g)
+    queue = torch.randn(120, 16, generator=g)
+    assert L.contrastive_loss(q, q, queue) < L.contrastive_loss(q, -q, queue)
+
+
+def test_wgan_gp_critic_loss_is_finite_and_differentiable():
+    c = L.Critic(ndf=4)
+    x = _photo(32)
+    loss = L.critic_loss(c, x, x, x + 0.1, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in c.parameters())
+
+
+def test_unknown_perceptual_loss_is_a_config_error():
+    from redegrade.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stats"):
+        L.perceptual("dists")
+
+
+# ------------------------------------------------------------------------------------------ data
+def test_sampler_is_a_pure_function_of_seed_and_step():
+    s = _sampler()
+    a, b, c = s.sample(3), s.sample(3), s.sample(4)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.y_pos, b.y_pos)
+    assert not torch.equal(a.x, c.x)
+    assert a.x.shape == a.y.shape == a.y_pos.shape == (4, 3, 32, 32)
+    assert a.x.min() >= -1 and a.x.max() <= 1 and a.y.min() >= -1 and a.y.max() <= 1
+    assert not torch.equal(a.x, a.y)  # the WQI mix always applies JPEG at least
+
+
+def test_folder_loading_downscales_and_skips_small_images(tmp_path):
+    Image.new("RGB", (200, 100), (10, 200, 30)).save(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (80, 90), (200, 10, 30)).save(tmp_path / "sub" / "b.jpg")
+    Image.new("RGB", (20, 20)).save(tmp_path / "tiny.png")
+    s = PairSampler.from_folder(tmp_path, crop=32, batch=2, max_side=48)
+    assert sorted(tuple(im.shape) for im in s.images) == [(3, 48, 96), (3, 54, 48)]
+    assert all(im.dtype == torch.uint8 for im in s.images)
+
+
+# ------------------------------------------------------------------------------------------ loop
+def test_training_steps_lower_the_losses():
+    """A few steps on a fixed batch lower every term that should fall (fixed seeds)."""
+    torch.manual_seed(0)  # module initialisation only; training draws use explicit generators
+    cfg = TrainConfig(preset="tiny", crop=32, batch=4, lr=2e-3, lr_aux=5e-2, lambda_contra=1.0, queue=8)
+    trainer = Trainer(build_model("tiny"), cfg)
+    s = _sampler()
+    fixed = s.sample(10_000)
+    queue = torch.nn.functional.normalize(torch.randn(8, 256, generator=torch.Generator().manual_seed(5)), dim=1)
+
+    def evaluate() -> dict[str, float]:
+        g = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            _, terms, _, _ = trainer.losses(fixed.x, fixed.y, fixed.y_pos, g)
+            q = trainer.model.encode(fixed.y).e_g
+            terms["contra"] = L.contrastive_loss(q, trainer.moco.keys(fixed.y_pos), queue)
+        return {k: float(v) for k, v in terms.items()}
+
+    before = evaluate()
+    for _ in range(12):
+        trainer.step(s)
+    after = evaluate()
+    for k in ("sim", "color", "rate_g", "rate_l", "aux", "diver", "contra"):
+        assert after[k] < before[k], (k, before[k], after[k])
+
+
+def test_resume_continues_with_identical_state(tmp_path):
+    cfg = TrainConfig(preset="tiny", crop=32, batch=2, steps=4, checkpoint_every=2, queue=4)
+    torch.manual_seed(0)
+    straight = train(_sampler(batch=2), cfg, tmp_path / "a", progress=False)
+    torch.manual_seed(0)
+    half = TrainConfig(**{**cfg.to_dict(), "steps": 2})
+    train(_sampler(batch=2), half, tmp_path / "b", progress=False)
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["step"] == 2
+    torch.manual_seed(99)  # resuming must not depend on fresh initialisation
+    resumed = train(_sampler(batch=2), cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.step_count == 4
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert torch.equal(straight.moco.queue, resumed.moco.queue)
+    la = [json.loads(x)["total"] for x in (tmp_path / "a" / LOG_FILE).read_text().splitlines()]
+    lb = [json.loads(x)["total"] for x in (tmp_path / "b" / LOG_FILE).read_text().splitlines()]
+    assert la == lb
+
+
+def test_resume_with_a_different_preset_is_refused(tmp_path):
+    from redegrade.errors import ConfigError
+
+    cfg = TrainConfig(preset="tiny", crop=32, batch=2, steps=1, queue=4)
+    train(_sampler(batch=2), cfg, tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="preset"):
+        train(_sampler(batch=2), TrainConfig(**{**cfg.to_dict(), "preset": "small"}), tmp_path, resume=True,
+              progress=False)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_help_explains_a_run():
+    res = CliRunner().invoke(train_cli, ["--help"])
+    assert res.exit_code == 0
+    for word in ("--data", "--preset", "--perceptual", "--resume", "--lambda-diver", "--gan", "checkpoint.pt"):
+        assert word in res.output
+
+
+def test_cli_run_writes_a_checkpoint_the_redegrader_loads(tmp_path):
+    from redegrade.redegrader import Redegrader
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i, im in enumerate(synthetic_images(2, 64)):
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(train_cli, ["--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "2",
+                                         "--batch", "2", "--crop", "32", "--no-progress", "--device", "cpu",
+                                         "--gan"])
+    assert res.exit_code == 0, res.output
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    assert state["step"] == 2 and state["critic"] and state["config"]["widths"] == [4, 8, 8]
+    assert len((out / LOG_FILE).read_text().splitlines()) == 2
+    for path in (out / CHECKPOINT, out / "redegrader"):
+        r = Redegrader.from_pretrained(path)
+        x = _photo(32)
+        r.reset(x, generator=torch.Generator().manual_seed(0))
+        assert r(x).shape == x.shape
+
+
+def test_cli_reports_missing_images_in_one_line(tmp_path):
+    res = CliRunner().invoke(train_cli, ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "1"])
+    assert res.exit_code == 2
+    assert "no .jpg/.jpeg/.png images" in res.output
+
+
+def test_photos_helper_splits_heldout_deterministically(tmp_path):
+    from redegrade.train.photos import fetch_photos
+
+    m1 = fetch_photos(tmp_path / "a", sources=("skimage",), heldout=1, seed=0)
+    m2 = fetch_photos(tmp_path / "b", sources=("skimage",), heldout=1, seed=0)
+    assert [i["split"] for i in m1["images"]] == [i["split"] for i in m2["images"]]
+    held = list((tmp_path / "a" / "heldout").iterdir())
+    train_files = list((tmp_path / "a" / "train").iterdir())
+    assert len(held) == 1 and len(train_files) >= 2
+    assert held[0].name not in {f.name for f in train_files}
