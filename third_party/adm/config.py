@@ -24,6 +24,7 @@ class ADMConfig:
     attention_ds: tuple[int, ...] = (16,)   # downsampling factors with attention (create_model: image_size // res)
     num_head_channels: int = 64             # head width; −1 means "use num_heads"
     num_heads: int = 4                      # only used when num_head_channels == −1
+    num_heads_upsample: int = -1            # heads in the output blocks when num_head_channels == −1; −1 = num_heads
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     use_new_attention_order: bool = False   # False = legacy per-head qkv layout (DPS)
@@ -37,14 +38,14 @@ class ADMConfig:
     def learn_sigma(self) -> bool:
         return self.out_channels == 2 * self.in_channels
 
-    def heads(self, channels: int) -> int:
+    def heads(self, channels: int, *, up: bool = False) -> int:
         """Number of attention heads at ``channels`` (num_head_channels wins over num_heads)."""
         if self.num_head_channels == -1:
-            return self.num_heads
+            return self.num_heads_upsample if up and self.num_heads_upsample != -1 else self.num_heads
         return channels // self.num_head_channels
 
-    def head_dim(self, channels: int) -> int:
-        return channels // self.heads(channels)
+    def head_dim(self, channels: int, *, up: bool = False) -> int:
+        return channels // self.heads(channels, up=up)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values the network cannot be built with."""
@@ -54,15 +55,17 @@ class ADMConfig:
         ds = 2 ** (len(self.channel_mult) - 1)
         if self.image_size % ds:
             raise ConfigError(f"image_size {self.image_size} is not divisible by the total downsampling {ds}")
-        for ch in self._attention_widths():
-            h = self.heads(ch)
+        for ch, up in self._attention_widths():
+            h = self.heads(ch, up=up)
             if h < 1 or ch % h:
                 raise ConfigError(f"{ch} attention channels cannot be split into heads "
                                   f"(num_head_channels={self.num_head_channels}, num_heads={self.num_heads})")
 
-    def _attention_widths(self) -> list[int]:
+    def _attention_widths(self) -> list[tuple[int, bool]]:
+        """(channels, in the output blocks?) of every attention layer kind; the middle block always has one."""
         widths = self.widths()
-        return [widths[-1]] + [w for lvl, w in enumerate(widths) if 2 ** lvl in self.attention_ds]  # middle always
+        levels = [w for lvl, w in enumerate(widths) if 2 ** lvl in self.attention_ds]
+        return [(widths[-1], False)] + [(w, False) for w in levels] + [(w, True) for w in levels]
     def widths(self) -> list[int]:
         """Channels of each level, ``int(mult · model_channels)``."""
         return [int(m * self.model_channels) for m in self.channel_mult]
@@ -87,18 +90,21 @@ class ADMConfig:
         res = kw.get("attention_resolutions", "16")
         res = [int(r) for r in str(res).split(",")] if isinstance(res, (str, int)) else [int(r) for r in res]
         in_ch = int(kw.get("in_channels", 3))
-        return cls(image_size=size, in_channels=in_ch, model_channels=int(kw.get("num_channels", 128)),
+        # defaults are create_model's own (not the FFHQ preset's)
+        return cls(image_size=size, in_channels=in_ch, model_channels=int(kw["num_channels"]),
                    out_channels=2 * in_ch if kw.get("learn_sigma", False) else in_ch,
-                   num_res_blocks=int(kw.get("num_res_blocks", 2)), channel_mult=tuple(int(m) if float(m).is_integer() else float(m) for m in mult),
+                   num_res_blocks=int(kw["num_res_blocks"]),
+                   channel_mult=tuple(int(m) if float(m).is_integer() else float(m) for m in mult),
                    attention_ds=tuple(size // r for r in res),
-                   num_head_channels=int(kw.get("num_head_channels", -1)), num_heads=int(kw.get("num_heads", 4)),
-                   use_scale_shift_norm=bool(kw.get("use_scale_shift_norm", True)),
+                   num_head_channels=int(kw.get("num_head_channels", -1)), num_heads=int(kw.get("num_heads", 1)),
+                   num_heads_upsample=int(kw.get("num_heads_upsample", -1)),
+                   use_scale_shift_norm=bool(kw.get("use_scale_shift_norm", False)),
                    resblock_updown=bool(kw.get("resblock_updown", False)),
                    use_new_attention_order=bool(kw.get("use_new_attention_order", False)))
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], *, image_size: int | None = None,
-                        num_head_channels: int = 64, num_heads: int = 4,
+                        num_head_channels: int = 64, num_heads: int = 4, num_heads_upsample: int = -1,
                         use_new_attention_order: bool = False) -> "ADMConfig":
         """Read the architecture off an ADM state dict's key names and shapes.
 
@@ -133,7 +139,8 @@ class ADMConfig:
             image_size = 256
         return cls(image_size=image_size, in_channels=in_ch, model_channels=c, out_channels=out_ch,
                    num_res_blocks=nrb, channel_mult=tuple(mult), attention_ds=tuple(attn),
-                   num_head_channels=num_head_channels, num_heads=num_heads, use_scale_shift_norm=ssn,
+                   num_head_channels=num_head_channels, num_heads=num_heads, num_heads_upsample=num_heads_upsample,
+                   use_scale_shift_norm=ssn,
                    resblock_updown=updown, use_new_attention_order=use_new_attention_order)
 
     def replace(self, **changes: Any) -> "ADMConfig":

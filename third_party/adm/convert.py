@@ -73,7 +73,7 @@ def diffusers_config(config: ADMConfig) -> dict[str, Any]:
     """The ``UNet2DModel`` constructor arguments equivalent to ``config``."""
     config.validate()
     widths = config.widths()
-    head_dims = {config.head_dim(ch) for ch in config._attention_widths()}
+    head_dims = {config.head_dim(ch, up=up) for ch, up in config._attention_widths()}
     if len(head_dims) != 1:
         raise ConfigError(f"diffusers' UNet2DModel needs one attention head width, this ADM uses {sorted(head_dims)} "
                           "(num_heads fixed across widths); run it through redegrade_adm.load_adm instead")
@@ -143,8 +143,8 @@ def to_diffusers_state_dict(sd: Mapping[str, torch.Tensor], config: ADMConfig) -
     def copy(src: str, dst: str) -> None:
         out[f"{dst}.weight"], out[f"{dst}.bias"] = sd[f"{src}.weight"], sd[f"{src}.bias"]
 
-    def attn(src: str, dst: str, ch: int) -> None:
-        _attention(src, dst, sd, out, config.heads(ch), config.use_new_attention_order)
+    def attn(src: str, dst: str, ch: int, up: bool = False) -> None:
+        _attention(src, dst, sd, out, config.heads(ch, up=up), config.use_new_attention_order)
 
     widths, nrb, levels = config.widths(), config.num_res_blocks, len(config.channel_mult)
     copy("input_blocks.0.0", "conv_in")
@@ -168,7 +168,7 @@ def to_diffusers_state_dict(sd: Mapping[str, torch.Tensor], config: ADMConfig) -
             i = u * (nrb + 1) + j
             _resblock(f"output_blocks.{i}.0", f"up_blocks.{u}.resnets.{j}", sd, out)
             if has_attn:
-                attn(f"output_blocks.{i}.1", f"up_blocks.{u}.attentions.{j}", widths[lvl])
+                attn(f"output_blocks.{i}.1", f"up_blocks.{u}.attentions.{j}", widths[lvl], up=True)
             if lvl and j == nrb:
                 _resampler(f"output_blocks.{i}.{2 if has_attn else 1}", f"up_blocks.{u}.upsamplers.0", sd, out)
     copy("out.0", "conv_norm_out")

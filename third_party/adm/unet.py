@@ -166,8 +166,8 @@ class ADMUNet(nn.Module):
         emb_ch = 4 * c
         ssn, updown = config.use_scale_shift_norm, config.resblock_updown
 
-        def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, config.heads(ch), config.use_new_attention_order)
+        def attn(ch: int, up: bool = False) -> AttentionBlock:
+            return AttentionBlock(ch, config.heads(ch, up=up), config.use_new_attention_order)
 
         self.time_embed = nn.Sequential(nn.Linear(c, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
         ch = int(config.channel_mult[0] * c)
@@ -193,7 +193,7 @@ class ADMUNet(nn.Module):
                 layers = [ResBlock(ch + chans.pop(), emb_ch, int(mult * c), ssn)]
                 ch = int(mult * c)
                 if ds in config.attention_ds:
-                    layers.append(attn(ch))
+                    layers.append(attn(ch, up=True))
                 if level and i == config.num_res_blocks:
                     layers.append(ResBlock(ch, emb_ch, ch, ssn, up=True) if updown else Upsample(ch, True))
                     ds //= 2
