@@ -120,6 +120,23 @@ def test_weights_cli_converts_adm(tmp_path):
     assert UNet2DModel.from_pretrained(tmp_path / "out").config.out_channels == 6
 
 
+def test_sidecar_config_gives_the_head_split(tmp_path):
+    cfg = ADMConfig(image_size=32, model_channels=32, channel_mult=(1, 1), num_res_blocks=1, attention_ds=(2,),
+                    num_head_channels=16)  # 32-channel attention: DPS's 64-channel heads cannot be right
+    net = random_adm(cfg)
+    torch.save(net.state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(ConfigError, match="tiny.yaml"):
+        load_adm(tmp_path / "tiny.pt")
+    (tmp_path / "tiny.yaml").write_text("image_size: 32\nnum_channels: 32\nnum_res_blocks: 1\nchannel_mult: '1,1'\n"
+                                        "learn_sigma: true\nattention_resolutions: '16'\nnum_head_channels: 16\n"
+                                        "use_scale_shift_norm: true\nresblock_updown: true\n")
+    x, t = inputs()
+    with torch.no_grad():
+        assert torch.equal(load_adm(tmp_path / "tiny.pt")(x, t), net(x, t))
+    convert_checkpoint(tmp_path / "tiny.pt", tmp_path / "out")
+    assert UNet2DModel.from_pretrained(tmp_path / "out").config.attention_head_dim == 16
+
+
 def test_converted_folder_drives_dps_with_learned_variance(tmp_path):
     from redegrade_dps import DPS, DPSConfig
 

@@ -60,10 +60,43 @@ def _load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: 
     module.load_state_dict(sd, strict=True)
 
 
+def sidecar_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``create_model`` arguments from ``<stem>.yaml``/``.yml``/``.json`` next to a checkpoint, if one exists."""
+    path = Path(path)
+    for suffix in (".yaml", ".yml", ".json"):
+        side = path.with_suffix(suffix)
+        if side.is_file():
+            if suffix == ".json":
+                return json.loads(side.read_text())
+            import yaml
+
+            return yaml.safe_load(side.read_text())
+    return None
+
+
+def config_for(path: str | os.PathLike, sd: Mapping[str, torch.Tensor]) -> ADMConfig:
+    """The architecture of checkpoint ``path``: from a sidecar config (DPS's ``model_config.yaml`` keys) when
+    present, else read off the tensors with DPS's 64-channel attention heads."""
+    side = sidecar_config(path)
+    if side is not None:
+        return ADMConfig.from_create_model(**side)
+    config = ADMConfig.from_state_dict(sd)
+    try:
+        config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; the head split is not stored in the tensors: put the model's create_model "
+                          f"arguments (num_head_channels or num_heads, …) in {Path(path).with_suffix('.yaml')}") from None
+    return config
+
+
 def load_adm(path: str | os.PathLike, config: ADMConfig | None = None) -> ADMUNet:
-    """Build the reference :class:`ADMUNet` from a ``.pt`` file (architecture inferred unless given), in eval mode."""
+    """Build the reference :class:`ADMUNet` from a ``.pt`` file, in eval mode.
+
+    The architecture comes from ``config``, else from a sidecar ``<stem>.yaml``/``.json`` holding
+    ``create_model`` arguments, else from the tensors (with DPS's 64-channel heads).
+    """
     sd = read_state_dict(path)
-    config = config or ADMConfig.from_state_dict(sd)
+    config = config or config_for(path, sd)
     net = ADMUNet(config)
     _load_strict(net, sd, f"ADM checkpoint {path}")
     return net.eval()
@@ -194,7 +227,7 @@ def to_diffusers(net_or_sd: ADMUNet | Mapping[str, torch.Tensor], config: ADMCon
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: ADMConfig | None = None) -> Path:
     """Convert an ADM ``.pt`` (e.g. DPS's ``ffhq_10m.pt``) into a diffusers folder ``dst``.
 
-    ``dst`` gets ``config.json`` + ``diffusion_pytorch_model.safetensors`` (a ``UNet2DModel``),
+    The architecture is found as in :func:`load_adm`. ``dst`` gets ``config.json`` + ``diffusion_pytorch_model.safetensors`` (a ``UNet2DModel``),
     ``scheduler_config.json`` (DPS's linear 1000-step schedule, learned-range variance when the model
     predicts one) and ``adm_config.json`` (the source architecture). Written to a temporary folder
     and renamed, so a failure leaves nothing behind.
@@ -203,7 +236,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, config: A
     if dst.exists() and any(dst.iterdir()):
         raise CheckpointError(f"output folder {dst} exists and is not empty; choose a new folder")
     sd = read_state_dict(src)
-    config = config or ADMConfig.from_state_dict(sd)
+    config = config or config_for(src, sd)
     unet = to_diffusers(sd, config)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
