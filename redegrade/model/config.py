@@ -56,8 +56,11 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown model config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        kw = {k: tuple(int(i) for i in v) if k in ("widths", "blocks") else v for k, v in d.items()}
-        return cls(**kw)
+        try:
+            kw = {k: tuple(int(i) for i in v) if k in ("widths", "blocks") else v for k, v in d.items()}
+            return cls(**kw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad model config {d}: {exc}") from exc
 
     def __post_init__(self) -> None:
         if len(self.widths) != 3 or len(self.blocks) != 5:

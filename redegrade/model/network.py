@@ -25,7 +25,7 @@ from redegrade.model.synthesis import SynthesisUNet
 MULTIPLE = 8  # the IDA term of the deepest level (H/4) works at H/8
 
 
-@dataclass
+@dataclass(eq=False)
 class DegradationCode:
     """What the encoders say about a degradation: global vector and local map."""
 
@@ -36,6 +36,10 @@ class DegradationCode:
 
     def detach(self) -> "DegradationCode":
         return DegradationCode(self.e_g.detach(), self.e_l.detach())
+
+    def to(self, *args, **kwargs) -> "DegradationCode":
+        """Both tensors through ``Tensor.to`` (device and/or dtype)."""
+        return DegradationCode(self.e_g.to(*args, **kwargs), self.e_l.to(*args, **kwargs))
 
 
 class MapFusion(nn.Module):
