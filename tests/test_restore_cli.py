@@ -104,6 +104,7 @@ def test_set_overrides_config_fields_with_types(assets, tmp_path):
     assert (tmp_path / "o.png").is_file()
 
 
+@pytest.mark.slow  # two fresh interpreters (~20 s on contended cores)
 def test_subprocess_run_and_error(assets, tmp_path):
     """Once through a real interpreter: a run writes its file; an error is one stderr line, exit 2."""
     env = {**os.environ, "REDEGRADE_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -1,0 +1,136 @@
+"""Backends are plugins: a backend that exists only as an installed distribution's entry point is
+discovered, listed with its distribution, loaded and run — by the registry and by the restore CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from redegrade import backend
+from redegrade.errors import UnknownBackendError
+from redegrade.forward import Identity
+from redegrade.image import load_image, save_image
+from redegrade.restore import main
+
+# The README's "Writing a backend" example, verbatim: a free image as the prior, fitted with Adam.
+PLUGIN = textwrap.dedent('''
+    from dataclasses import dataclass
+
+    import torch
+
+    from redegrade.backend import Backend, Restoration, StepInfo
+
+
+    class Mine(Backend):
+        """A toy backend: the "prior" is a free image, fitted together with the forward model's variables."""
+
+        @dataclass
+        class Config:
+            steps: int = 20
+            lr: float = 0.05
+            resolution: int = 32
+            seed: int = 0
+            device: str = "cpu"
+
+        @property
+        def resolution(self) -> int:
+            return self.config.resolution
+
+        def restore(self, y, forward_model, *, progress=None):
+            x = y.clone().requires_grad_(True)
+            opt = torch.optim.Adam([x, *forward_model.variables()], lr=self.config.lr)
+            loss_fn = self._objective or (lambda a, b: (a - b).abs().mean())
+            history = []
+            for i in range(self.config.steps):
+                loss = loss_fn(y, forward_model(x))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                history.append(StepInfo("fit", i + 1, self.config.steps, float(loss)))
+                if progress is not None:
+                    progress(history[-1])
+            x = x.detach().clamp(-1, 1)
+            with torch.no_grad():
+                redegraded = forward_model(x)
+            return Restoration(image=x, redegraded=redegraded, history=history)
+''')
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """``myplug.py`` plus a ``myplug-0.1.dist-info`` folder: what ``pip install myplug`` leaves behind."""
+    (tmp_path / "myplug.py").write_text(PLUGIN)
+    info = tmp_path / "myplug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[redegrade.backends]\nmine = myplug:Mine\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    backend.refresh()
+    yield tmp_path
+    sys.modules.pop("myplug", None)
+    monkeypatch.undo()
+    backend.refresh()
+
+
+def test_builtins_come_from_package_metadata():
+    entries = {e.name: e for e in backend.available()}
+    assert entries["rsg"].target == "redegrade_rsg:RSG" and entries["rsg"].distribution == "redegrade"
+    assert entries["dps"].target == "redegrade_dps:DPS" and entries["dps"].distribution == "redegrade"
+
+
+def test_plugin_is_discovered_listed_and_runs(plugin_dir):
+    entries = {e.name: e for e in backend.available()}
+    assert (entries["mine"].target, entries["mine"].distribution, entries["mine"].version) == ("myplug:Mine", "myplug", "0.1")
+    assert "myplug" not in sys.modules  # listing imports nothing
+    cls = backend.load("mine")
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = cls(cls.Config(steps=3)).restore(y, Identity())
+    assert out.image.shape == y.shape and len(out.history) == 3
+
+
+def test_unknown_backend_lists_installed_ones(plugin_dir):
+    with pytest.raises(UnknownBackendError) as err:
+        backend.load("nope")
+    for name in ("rsg (redegrade)", "dps (redegrade)", "mine (myplug)"):
+        assert name in str(err.value)
+
+
+def test_cli_unknown_backend_is_one_line_exit_2(tmp_path):
+    img = tmp_path / "in.png"
+    save_image(torch.zeros(1, 3, 32, 32), img)
+    res = CliRunner().invoke(main, [str(img), "--backend", "nope"])
+    assert res.exit_code == 2
+    assert res.stderr.count("\n") == 1 and "installed backends: " in res.stderr and "rsg" in res.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"in.png"}
+
+
+def test_cli_lists_the_plugin_and_refuses_options_it_lacks(plugin_dir, tmp_path):
+    listing = CliRunner().invoke(main, ["--list-backends"])
+    assert listing.exit_code == 0
+    assert any(line.startswith("mine ") and "(myplug 0.1)" in line and line.endswith("ok")
+               for line in listing.output.splitlines())
+    img = tmp_path / "in.png"
+    save_image(torch.zeros(1, 3, 32, 32), img)
+    bad = CliRunner().invoke(main, [str(img), "--backend", "mine", "--mode", "naive", "--generator", "x",
+                                    "-o", str(tmp_path / "bad.png")])
+    assert bad.exit_code == 2 and bad.stderr == "error: option --generator does not apply to backend mine\n"
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_cli_runs_plugin_in_a_subprocess(plugin_dir, tmp_path):
+    """The plugin is found by a fresh interpreter through PYTHONPATH alone: no registration code."""
+    img = tmp_path / "in.png"
+    save_image(torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(1)) * 2 - 1, img)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "redegrade.restore", str(img), "--backend", "mine", "--mode", "naive",
+                          "--set", "steps=4", "--no-progress", "-o", str(tmp_path / "out.png")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert load_image(tmp_path / "out.png").shape == (1, 3, 32, 32)
+    assert "resizing to the model's 32×32" in run.stderr
