@@ -360,3 +360,19 @@ def test_cuda_ops_match_reference():
         img = G.synthesis(ws)
     G_cpu = tiny_generator(RES)
     torch.testing.assert_close(img.cpu(), G_cpu.synthesis(ws.cpu()), atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_build_failure_warns_once_and_uses_the_reference(caplog):
+    from redegrade_stylegan2.ops import _build
+
+    _build.clear_cache()
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            assert _build.plugin("upfirdn2d_probe" if not torch.cuda.is_available() else "missing_op",
+                                 ["does_not_exist.cu"]) is None
+    assert len([r for r in caplog.records if "PyTorch reference" in r.getMessage()]) == 1
+    x = torch.randn(1, 2, 4, 4, generator=_gen(11))
+    f = ud.setup_filter([1, 3, 3, 1])
+    torch.testing.assert_close(ud.upfirdn2d(x, f, up=2, padding=[2, 1, 2, 1], impl="cuda"),
+                               ud.upfirdn2d_ref(x, f, up=2, padding=[2, 1, 2, 1]))  # CPU tensors: reference
+    _build.clear_cache()
