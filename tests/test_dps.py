@@ -78,7 +78,9 @@ class Blur:
 def run(unet, y, fm=None, **kw):
     kw.setdefault("steps", 20)
     kw.setdefault("device", "cpu")
-    return DPS(DPSConfig(**kw), prior=unet).restore(y, fm or Identity())
+    fm = fm or Identity()
+    fm.reset(y)
+    return DPS(DPSConfig(**kw), prior=unet).restore(y, fm)
 
 
 # ---- sampler maths -------------------------------------------------------------------------------
@@ -145,10 +147,10 @@ def test_dps_is_registered_through_entry_points():
 
 def test_blind_run_changes_forward_model_variables(unet, y):
     fm = ToyBlind()
+    fm.reset(y, generator=torch.Generator().manual_seed(0))
+    init = {k: v.detach().clone() for k, v in fm.named_variables().items()}
     obj = objective.build("lpips", pretrained_backbone=False)  # the default variables_loss, offline backbone
     r = DPS(DPSConfig(steps=12, device="cpu", variables_lr=0.05), prior=unet, objective=obj).restore(y, fm)
-    fm.reset(y, generator=torch.Generator().manual_seed(0))  # the initial values, as the backend seeded them
-    init = {k: v.detach() for k, v in fm.named_variables().items()}
     for name in ("e_g", "e_l", "n"):
         assert not torch.allclose(r.state[name], init[name]), name
     assert r.image.shape == (1, 3, RES, RES) and r.redegraded.shape == y.shape

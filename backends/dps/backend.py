@@ -89,7 +89,10 @@ class DPS(Backend):
 
     def restore(self, y: torch.Tensor, forward_model: ForwardModel, *,
                 progress: Progress | None = None) -> Restoration:
-        """Sample x ~ p(x | y) under ``forward_model``; ``y`` is [1,3,R,R] at the model resolution R."""
+        """Sample x ~ p(x | y) under ``forward_model``; ``y`` is [1,3,R,R] at the model resolution R.
+
+        ``forward_model`` must already be ``reset`` on ``y``; its variables are optimised in place.
+        """
         cfg = self.config
         check_image(y, "observation")
         device = settings.resolve_device(cfg.device)
@@ -98,10 +101,12 @@ class DPS(Backend):
         schedule = Schedule.spaced(sched_train.betas, respace(sched_train.num_train_timesteps, cfg.steps, cfg.spacing))
         n_steps, res = len(schedule), model.sample_size
 
-        # 1. observation and forward model (variables seeded from the one seed)
+        # 1. observation and forward model (already reset on y by the caller, as for every backend)
         y = y.to(device=device, dtype=torch.float32)
-        forward_model = forward_model.to(device)
-        forward_model.reset(y, generator=settings.generator(cfg.seed, device))
+        forward_model.to(device)
+        for p in forward_model.variables():
+            if p.device != device:  # reset on another device: move the data, keep the leaf's identity
+                p.data = p.data.to(device)
         with torch.no_grad():
             probe = forward_model(torch.zeros(1, 3, res, res, device=device))
         if probe.shape != y.shape:
@@ -112,8 +117,11 @@ class DPS(Backend):
         fit_vars = bool(variables) and cfg.variables_lr > 0
         optimiser = torch.optim.Adam(variables, lr=cfg.variables_lr) if fit_vars else None
         var_loss = self._variables_objective() if fit_vars else None
+        if isinstance(var_loss, torch.nn.Module):
+            var_loss.to(device)
         start = int(round(cfg.variables_start * n_steps))
         mask = forward_model.mask()
+        mask = None if mask is None else mask.to(device)
 
         # 2. initial noise (CPU generator, so a seed gives the same sample on any device)
         gen = settings.generator(cfg.seed)
