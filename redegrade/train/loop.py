@@ -189,6 +189,10 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optim"])
+        # the learning rates of this run win over the saved ones, so a resume can change --lr
+        self.optim.param_groups[0]["lr"] = self.config.lr
+        if len(self.optim.param_groups) > 1:
+            self.optim.param_groups[1]["lr"] = self.config.lr_aux
         self.moco.load_state_dict(state["moco"])
         if self.critic is not None:
             if not state.get("critic"):
