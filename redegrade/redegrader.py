@@ -41,7 +41,9 @@ class Redegrader(ForwardModel):
       so any optimiser step keeps the local map inside (0, 1);
     - ``n.0`` … ``n.{K-1}`` [B, 1, h, w]: one noise map per SFT layer (K = 32 for the paper preset).
 
-    ``quantizer`` ("ste", "round" or "none") is applied to the codes on every forward.
+    ``quantizer`` ("ste", "round" or "none") is applied to the codes on every forward. The wrapped
+    model is frozen **in place** (eval mode, ``requires_grad=False``): wrap a copy of a model you are
+    still training.
     """
 
     def __init__(self, model: UniversalDegradationModel, *, quantizer: str = "ste"):
@@ -54,6 +56,10 @@ class Redegrader(ForwardModel):
         self.e_l_logit: torch.Tensor | None = None
         self.noise: list[torch.Tensor] = []
         self.freeze()
+
+    def train(self, mode: bool = True) -> "Redegrader":
+        """The network stays in eval mode (BatchNorm uses running statistics) whatever ``mode`` says."""
+        return super().train(False)
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod

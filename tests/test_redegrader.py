@@ -10,6 +10,16 @@ from redegrade.model import DegradationCode, ModelConfig, UniversalDegradationMo
 from redegrade.redegrader import Redegrader
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny networks gain nothing from a second thread, and on shared, busy cores two OpenMP threads
+    # wait on each other (measured: 20 ms → 1–6 s per forward), so these tests run single-threaded.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -46,6 +56,8 @@ def test_variables_and_gradients_reach_them_not_the_weights(red):
         assert v.grad is not None and v.grad.abs().sum() > 0, name
     for name, p in red.named_parameters():
         assert p.grad is None and not p.requires_grad, name
+    red.train()  # a backend switching modes must not put BatchNorm into batch-statistics mode
+    assert not any(mod.training for mod in red.modules())
 
 
 def test_e_l_is_a_logit_so_optimisation_stays_in_range(red):
@@ -133,6 +145,7 @@ def test_save_and_from_pretrained_roundtrip_exactly(red, tmp_path):
     out = red.save_pretrained(tmp_path / "r")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     loaded = Redegrader.from_pretrained(out)
+    assert isinstance(Redegrader.from_model(loaded.model), Redegrader)
     for k, v in red.model.state_dict().items():
         assert torch.equal(v, loaded.model.state_dict()[k]), k
     red.reset(y, generator=_gen(3))
