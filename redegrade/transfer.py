@@ -170,7 +170,17 @@ def _check_output(path: Path) -> None:
 def main(degraded: Path | None, clean: Path, output: Path, global_from: Path | None, local_from: Path | None,
          uniform_local: bool, redegrader_name: str | None, seed: int, device: str, size: int | None,
          verbose: bool) -> None:
-    """Transfer the degradation of one image onto a clean image (python -m redegrade.transfer)."""
+    """Put the degradation of a degraded photo onto a clean one (the paper's degradation transfer).
+
+    \b
+      python -m redegrade.transfer --degraded y.png --clean x.png -o out.png
+      python -m redegrade.transfer --global-from a.png --local-from b.png --clean x.png -o out.png
+
+    Inputs are cropped at the right/bottom edge to multiples of 8 (logged). Degraded images are encoded
+    at their own size; the local map e_l is resized to the clean image's grid, which is refused when
+    the aspect ratios differ by more than 1.25× unless --uniform-local is given. Errors are one line on
+    stderr (exit code 2) and nothing is written.
+    """
     setup_logging(verbose)
     g_path, l_path = global_from or degraded, local_from or degraded
     if g_path is None or l_path is None:

@@ -194,24 +194,30 @@ def test_shipped_model_loads_fast_on_cpu():
     assert size <= 20 * 2 ** 20
 
 
-def _photo(name: str, side: int = 128) -> torch.Tensor:
-    return load_image(EXAMPLES / name)[..., :side, :side]
+def natural_like(seed: int, side: int = 128) -> torch.Tensor:
+    """A generated image with a photo-like spectrum: random octaves (grid sizes off the 8-px block grid)."""
+    g = generator(seed)
+    x = torch.zeros(1, 3, side, side)
+    for res, amp in ((5, 0.6), (11, 0.3), (23, 0.15), (47, 0.08), (97, 0.05)):
+        grid = torch.rand(1, 3, res, res, generator=g) * 2 - 1
+        x += amp * torch.nn.functional.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+    return png_roundtrip(x.clamp(-1, 1))
 
 
 @needs_shipped
-def test_shipped_model_transfers_noise_and_a_clean_source_changes_little():
-    model = Redegrader.from_pretrained()
-    x = _photo("clean.png")
-    source = torch.nn.functional.interpolate(load_image(EXAMPLES / "clean.png"), size=(128, 128), mode="area")
-    source = png_roundtrip(source.flip(-1))  # other content than x, clean
-    target = noisy(x, 0.06)  # the degradation applied directly to x
-    out = transfer(model, x, noisy(source, 0.06), generator=generator(0))
+def test_shipped_model_transfers_noise_and_a_clean_source_changes_little(tmp_path):
+    x, source = natural_like(10), natural_like(11)
+    target = noisy(x, 0.06)  # the same degradation applied directly to x
+    paths = {k: save_image(v, tmp_path / f"{k}.png") for k, v in
+             {"clean": x, "source": source, "noisy_source": noisy(source, 0.06)}.items()}
+    for src, out in (("noisy_source", "noisy_out.png"), ("source", "kept_out.png")):
+        r = run("--degraded", paths[src], "--clean", paths["clean"], "-o", tmp_path / out, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+    out, kept = load_image(tmp_path / "noisy_out.png"), load_image(tmp_path / "kept_out.png")
     n_x, n_t, n_out = (float(quality.noise_level(t)) for t in (x, target, out))
     assert quality.fraction_moved(n_out, n_x, n_t) > 0.5, (n_x, n_t, n_out)
-
-    kept = transfer(model, x, source, generator=generator(0))
     assert float(quality.psnr(kept, x)) > 28
-    assert abs(float(quality.noise_level(kept)) - n_x) < 0.3 * (n_t - n_x)
+    assert abs(float(quality.noise_level(kept)) - n_x) < 0.25 * (n_t - n_x)
 
 
 @needs_shipped
