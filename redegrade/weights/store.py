@@ -65,6 +65,8 @@ def download(ckpt: Checkpoint, dest: Path | None = None, *, progress: bool = Tru
                     f.write(block)
                     bar.update(len(block))
             verify(ckpt, tmp)
+            if ckpt.sha256 is None:  # nothing published to check against: record what we got
+                log.info("%s: no published sha256; downloaded file has sha256 %s", ckpt.name, sha256_file(tmp))
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         raise _missing(ckpt, dest, f"download failed: {getattr(exc, 'reason', exc)}") from exc
     return dest

@@ -46,6 +46,7 @@ def plugin(name: str, sources: list[str]) -> ModuleType | None:
         digest = hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()[:12]
         build_dir = settings.home() / "torch_extensions" / f"{name}_{digest}"
         build_dir.mkdir(parents=True, exist_ok=True)
+        log.info("building CUDA op %r (first use; cached in %s)", name, build_dir)
         _plugins[name] = cpp_extension.load(name=f"redegrade_{name}_{digest}", sources=[str(p) for p in paths],
                                             build_directory=str(build_dir),
                                             verbose=False)
