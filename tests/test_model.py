@@ -212,3 +212,17 @@ def test_load_state_reads_training_checkpoint_and_is_strict(tiny, tmp_path):
     torch.save({"config": {**cfg.to_dict(), "widths": [8, 8, 8]}, "model": tiny.state_dict()}, path)
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_state(path)
+
+
+def test_fused_map_equals_conv_of_broadcast_concat(tiny):
+    """The broadcast-free projection must equal CDD's conv over concat(e_l, e_g broadcast)."""
+    g = _gen(9)
+    e_g = torch.randn(2, 256, generator=g, dtype=torch.float64)
+    e_l = torch.rand(2, 4, 8, 12, generator=g, dtype=torch.float64)
+    proj = tiny.fusion.proj.double()
+    try:
+        want = proj(torch.cat([e_l, e_g[:, :, None, None].expand(-1, -1, 8, 12)], dim=1))
+        got = tiny.fusion.project(e_g, e_l)
+    finally:
+        proj.float()
+    assert torch.allclose(got, want, atol=1e-10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from redegrade.errors import ShapeError
@@ -52,9 +53,23 @@ class MapFusion(nn.Module):
         self.head = PreActConv(m, m, 3, act=nn.ReLU())
 
     def forward(self, code: DegradationCode) -> torch.Tensor:
-        e_l = code.e_l
-        e_g = code.e_g[:, :, None, None].expand(-1, -1, *e_l.shape[-2:])
-        return self.head(self.proj(torch.cat([e_l, e_g], dim=1)))
+        return self.head(self.project(code.e_g, code.e_l))
+
+    def project(self, e_g: torch.Tensor, e_l: torch.Tensor) -> torch.Tensor:
+        """``proj(concat(e_l, e_g broadcast over e_l's grid))`` without materialising the broadcast.
+
+        e_g is constant over the grid, so its part of the 3×3 conv reduces to one vector per kernel tap
+        ([B,M,3,3]); convolving those taps with an all-ones map reproduces the zero-padding borders
+        exactly. At 1024² (e at 512²) this avoids a [B,c_l+256,512,512] tensor and its conv.
+        """
+        b, c_l, h, w = e_l.shape
+        weight = self.proj.weight                                       # [M, c_l+dim_g, 3, 3]
+        m = weight.shape[0]
+        local = F.conv2d(e_l, weight[:, :c_l], self.proj.bias, padding=1)   # [B,M,h,w]
+        taps = torch.einsum("ocij,bc->boij", weight[:, c_l:], e_g)         # [B,M,3,3]
+        ones = e_l.new_ones(1, 1, h, w)
+        glob = F.conv2d(ones, taps.reshape(b * m, 1, 3, 3), padding=1)      # [1,B·M,h,w]
+        return local + glob.reshape(b, m, h, w)
 
 
 class UniversalDegradationModel(nn.Module):
