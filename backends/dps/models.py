@@ -149,8 +149,8 @@ def load_eps_model(name_or_path: str | os.PathLike) -> EpsModel:
     if local.is_dir():
         sub = "unet" if (local / "unet" / "config.json").is_file() and not (local / "config.json").is_file() else None
         try:
-            unet = UNet2DModel.from_pretrained(local, subfolder=sub, use_safetensors=None)
-        except (OSError, ValueError, EnvironmentError) as exc:
+            unet = UNet2DModel.from_pretrained(local, subfolder=sub, low_cpu_mem_usage=False)
+        except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot load a diffusers UNet2DModel from {local}: {exc}") from exc
         return as_eps_model(unet, _local_scheduler(local, DDPMScheduler))
     if local.exists() or name.startswith((".", "/", "~")):
@@ -158,9 +158,13 @@ def load_eps_model(name_or_path: str | os.PathLike) -> EpsModel:
     offline = settings.offline()
     try:
         unet, scheduler = _from_hub(name, UNet2DModel, DDPMScheduler, local_files_only=offline)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        why = "offline (REDEGRADE_OFFLINE/HF_HUB_OFFLINE is set) and not in the Hugging Face cache" if offline \
-            else f"download failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    except (OSError, ValueError) as exc:
+        if offline:
+            why = "offline (REDEGRADE_OFFLINE/HF_HUB_OFFLINE is set) and not in the Hugging Face cache"
+        elif _unreachable(exc):
+            why = "the Hugging Face hub cannot be reached and it is not in the local cache"
+        else:
+            why = f"download failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         raise MissingCheckpointError(
             f"diffusion model {name!r} is not available ({why}); on a machine with internet run "
             f"`huggingface-cli download {name} --local-dir DIR`, copy DIR here and pass --diffusion-model DIR"
@@ -177,22 +181,30 @@ def _local_scheduler(folder: Path, cls: Any) -> Any | None:
     return None
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether an error (or its causes) says the hub could not be reached, rather than "no such file"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError) or type(seen).__name__ in {
+                "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout", "OfflineModeIsEnabled"}:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _from_hub(repo: str, unet_cls: Any, sched_cls: Any, *, local_files_only: bool) -> tuple[Any, Any]:
-    # Hub DDPM repos keep the UNet at the root (google/ddpm-*) or in unet/ (pipeline layout).
-    last: Exception | None = None
-    for sub in (None, "unet"):
-        try:
-            unet = unet_cls.from_pretrained(repo, subfolder=sub, local_files_only=local_files_only)
-            break
-        except (OSError, ValueError, EnvironmentError) as exc:
-            last = exc
-    else:
-        assert last is not None
-        raise last
+    # Hub DDPM repos keep the UNet at the root (google/ddpm-*, older layout) or in unet/ (pipeline layout).
+    kw = {"local_files_only": local_files_only, "low_cpu_mem_usage": False}
+    try:
+        unet = unet_cls.from_pretrained(repo, **kw)
+    except (OSError, ValueError) as exc:
+        if _unreachable(exc):  # no second round of network retries for the other layout
+            raise
+        unet = unet_cls.from_pretrained(repo, subfolder="unet", **kw)
     for sub in (None, "scheduler"):
         try:
             return unet, sched_cls.from_pretrained(repo, subfolder=sub, local_files_only=local_files_only)
-        except (OSError, ValueError, EnvironmentError):
+        except (OSError, ValueError):
             continue
     log.info("no scheduler config in %s: using DPS's linear 1000-step schedule", repo)
     return unet, None
