@@ -56,7 +56,10 @@ def load_generator(path_or_name: str | os.PathLike, *, device: str | torch.devic
                    which: str = "G_ema") -> Generator:
     """A StyleGAN2 :class:`Generator` (eval mode, ``requires_grad`` off) from an NVIDIA ``.pkl``
     (network ``which``: ``G_ema`` for inference, ``G`` for the training copy), a ``.safetensors`` export
-    written by :func:`convert_pickle`, or a checkpoint name from :mod:`redegrade.weights`."""
+    written by :func:`convert_pickle` (``which`` is then ignored), or a checkpoint name from
+    :mod:`redegrade.weights` (fetched into ``$REDEGRADE_HOME`` unless offline). ``device``: ``cpu``,
+    ``cuda[:N]`` or ``auto``."""
+    from redegrade.settings import resolve_device
     from redegrade.weights import resolve
     from redegrade_stylegan2.export import load_safetensors
     from redegrade_stylegan2.pickle_loader import load_pickle_generator
@@ -66,7 +69,7 @@ def load_generator(path_or_name: str | os.PathLike, *, device: str | torch.devic
         G = load_safetensors(path)
     else:
         G = load_pickle_generator(path, which=which)
-    return G.to(device).eval().requires_grad_(False)
+    return G.to(resolve_device(device)).eval().requires_grad_(False)
 
 
 def convert_pickle(src: str | os.PathLike, dst: str | os.PathLike, *, which: str = "G_ema") -> Path:
