@@ -205,6 +205,14 @@ def test_respaced_and_full_schedules_run(spacing, y):
     assert torch.isfinite(resp.image).all()
 
 
+def test_prior_may_come_with_its_scheduler(unet):
+    sched = DDPMScheduler(num_train_timesteps=200, variance_type="fixed_large")
+    for prior in ((unet, sched), {"unet": unet, "scheduler": sched.config}, (unet, dict(sched.config))):
+        model = DPS(prior=prior).model
+        assert model.schedule.num_train_timesteps == 200 and model.schedule.variance_type == "fixed_large"
+    assert DPS(prior=unet).model.schedule.num_train_timesteps == 1000  # DPS's schedule by default
+
+
 def test_learned_variance_model_runs(y):
     net = tiny_unet(out_channels=6)
     r = DPS(DPSConfig(steps=6, device="cpu"), prior=net).restore(y, Identity())

@@ -106,10 +106,21 @@ class EpsModel(nn.Module):
         return out, None
 
 
-def as_eps_model(prior: nn.Module, scheduler: Any | None = None) -> EpsModel:
-    """Wrap a bare UNet (with an optional diffusers scheduler or its config) as an :class:`EpsModel`."""
+def as_eps_model(prior: Any, scheduler: Any | None = None) -> EpsModel:
+    """Wrap a prior as an :class:`EpsModel`.
+
+    Accepted: an ``EpsModel``; a ``UNet2DModel`` or ``ADMUNet`` (with ``scheduler``, a diffusers
+    scheduler or its config dict; without one DPS's linear 1000-step schedule); a ``(unet, scheduler)``
+    pair; a ``{"unet": ..., "scheduler": ...}`` dict; or a diffusers pipeline with ``.unet``/``.scheduler``.
+    """
     if isinstance(prior, EpsModel):
         return prior
+    if isinstance(prior, (tuple, list)) and len(prior) == 2:
+        return as_eps_model(prior[0], prior[1])
+    if isinstance(prior, dict) and "unet" in prior:
+        return as_eps_model(prior["unet"], prior.get("scheduler"))
+    if not isinstance(prior, nn.Module) and hasattr(prior, "unet"):  # a diffusers pipeline
+        return as_eps_model(prior.unet, getattr(prior, "scheduler", None))
     cfg = getattr(prior, "config", None)
     learned = False
     if cfg is not None and "out_channels" in cfg:
