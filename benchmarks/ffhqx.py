@@ -65,6 +65,7 @@ LOWER_IS_BETTER = {"accuracy_lpips": True, "accuracy_psnr": False, "fidelity_lpi
 RESULT_FIELDS = ("backend", "seed", "steps", "loss", "generator", "redegrader", "options", "tiny")
 """Run settings that change results: a rerun into the same --out must agree on all of them."""
 TINY_RESOLUTION = 32
+GRID_TILE = 256
 TINY_IMAGES = 4
 
 
@@ -590,13 +591,15 @@ def write_grids(rows: list[dict[str, Any]], bench: Bench) -> list[Path]:
             per_level[level] += 1
             any_row = next(iter(cells[(level, image)].values()))
             gt = load_image(out / any_row["ground_truth"])
-            R = gt.shape[-1]
+            side = min(gt.shape[-1], GRID_TILE)  # 1024² tiles would make grids of hundreds of megapixels
             y = load_image(out / any_row["degraded"])
-            y = torch.nn.functional.interpolate(y, size=(R, R), mode="nearest")  # show the pixels as they are
-            tiles = [gt, y]
+            # the observation is enlarged with nearest so its pixels show as they are
+            mode_of = "nearest" if y.shape[-1] < side else "area"
+            tiles = [resize(gt, side), torch.nn.functional.interpolate(y, size=(side, side), mode=mode_of)]
             for mode in GRID_MODES:
                 r = cells[(level, image)].get(mode)
-                tiles.append(load_image(out / r["restored"]) if r else torch.zeros_like(gt))  # grey: not run
+                tiles.append(resize(load_image(out / r["restored"]), side) if r
+                             else torch.zeros(1, 3, side, side))  # grey: mode not run
             lines.append(torch.cat(tiles, dim=-1))
         path = out / "grids" / f"{task}.png"
         save_image(torch.cat(lines, dim=-2), path)
