@@ -162,7 +162,8 @@ def load_eps_model(name_or_path: str | os.PathLike) -> EpsModel:
         try:
             unet = UNet2DModel.from_pretrained(local, subfolder=sub, low_cpu_mem_usage=False)
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot load a diffusers UNet2DModel from {local}: {exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"cannot load a diffusers UNet2DModel from {local}: {first}") from exc
         return as_eps_model(unet, _local_scheduler(local, DDPMScheduler))
     if local.exists() or name.startswith((".", "/", "~")):
         raise CheckpointError(f"diffusion model {name} is not a folder with a diffusers UNet2DModel nor an ADM .pt file")
