@@ -295,6 +295,20 @@ def test_pickle_with_a_forbidden_global_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_pickle_storage_that_is_not_a_storage_is_refused(tmp_path):
+    buf = io.BytesIO()
+    torch.save({"not": "a storage"}, buf, _use_new_zipfile_serialization=False)
+
+    class Storage:
+        def __reduce__(self):
+            return torch.storage._load_from_bytes, (buf.getvalue(),)
+
+    path = tmp_path / "odd.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": Storage()}, protocol=4))
+    with pytest.raises(CheckpointError, match="holds a dict"):
+        load_generator(path)
+
+
 def test_export_reload_is_exact(nvidia_pkl, tmp_path, z):
     path, G_ema, *_ = nvidia_pkl
     out = convert_pickle(path, tmp_path / "g.safetensors")

@@ -73,12 +73,29 @@ def _reconstruct_persistent_obj(meta):
     return PersistentStub(meta)
 
 
+_STORAGES = (torch.storage.TypedStorage, torch.storage.UntypedStorage)
+
+
 def _load_from_bytes(b: bytes):
     # the storage's bytes are a legacy torch.save stream: read it with torch's safe unpickler only
-    return torch.load(io.BytesIO(b), weights_only=True, map_location="cpu")
+    if not isinstance(b, bytes):
+        raise CheckpointError("malformed tensor storage in the pickle")
+    storage = torch.load(io.BytesIO(b), weights_only=True, map_location="cpu")
+    if not isinstance(storage, _STORAGES):
+        raise CheckpointError(f"a tensor storage in the pickle holds a {type(storage).__name__}")
+    return storage
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *metadata):
+    # torch's own rebuild, minus anything from the file that could run later (backward hooks)
+    if not isinstance(storage, _STORAGES):
+        raise CheckpointError("malformed tensor in the pickle (its storage is not a torch storage)")
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, False, OrderedDict())
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, *state):
+    if not isinstance(data, torch.Tensor):
+        raise CheckpointError("malformed parameter in the pickle")
     return data
 
 
@@ -106,7 +123,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch.storage", "_load_from_bytes"): _load_from_bytes,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
