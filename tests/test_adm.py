@@ -156,6 +156,8 @@ def test_pt_file_runs_through_the_reference(tmp_path):
     torch.save(net.state_dict(), tmp_path / "m.pt")
     model = load_eps_model(tmp_path / "m.pt")
     assert model.kind == "adm" and model.learned_sigma
+    from redegrade_dps import DPS
+    assert DPS(prior=net).model.schedule.variance_type == "learned_range"  # a bare ADMUNet as the prior
     x, _ = inputs()
     eps, v = model(x[:1], 500)
     assert eps.shape == v.shape == (1, 3, 32, 32)

@@ -187,6 +187,8 @@ class DPS(Backend):
             redegraded = forward_model(image)
         state = {name: p.detach().cpu() for name, p in forward_model.named_variables().items()}
         state["x_T"] = x_T
+        residual_out = float(torch.linalg.norm(y - redegraded))
         return Restoration(image.cpu(), redegraded.detach().cpu(), state, history, phases,
                            {"nfe": nfe, "early_exit_step": exit_step, "steps": n_steps,
-                            "timesteps": list(schedule.timesteps), "residual": float(torch.linalg.norm(y - redegraded))})
+                            "timesteps": list(schedule.timesteps), "residual": residual_out,
+                            "final_loss": residual_out})

@@ -80,7 +80,7 @@ class EpsModel(nn.Module):
         cfg = getattr(net, "config", None)
         if hasattr(cfg, "model_channels"):                           # redegrade_adm.ADMUNet
             self.kind, in_ch, out_ch, size = "adm", cfg.in_channels, cfg.out_channels, cfg.image_size
-        elif cfg is not None and "out_channels" in cfg:               # diffusers UNet2DModel
+        elif isinstance(cfg, dict) and "out_channels" in cfg:         # diffusers UNet2DModel
             self.kind, in_ch, out_ch, size = "diffusers", cfg["in_channels"], cfg["out_channels"], cfg["sample_size"]
         else:
             raise ConfigError(f"cannot use {type(net).__name__} as a diffusion prior: expected a diffusers "
@@ -123,10 +123,10 @@ def as_eps_model(prior: Any, scheduler: Any | None = None) -> EpsModel:
         return as_eps_model(prior.unet, getattr(prior, "scheduler", None))
     cfg = getattr(prior, "config", None)
     learned = False
-    if cfg is not None and "out_channels" in cfg:
-        learned = cfg["out_channels"] == 2 * cfg["in_channels"]
-    elif hasattr(cfg, "learn_sigma"):
+    if hasattr(cfg, "learn_sigma"):                                  # redegrade_adm.ADMConfig
         learned = cfg.learn_sigma
+    elif isinstance(cfg, dict) and "out_channels" in cfg:             # diffusers FrozenDict
+        learned = cfg["out_channels"] == 2 * cfg["in_channels"]
     schedule = NoiseSchedule.from_scheduler(scheduler, learned_sigma=learned) if scheduler is not None else None
     return EpsModel(prior, schedule)
 
