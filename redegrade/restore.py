@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import types
 import typing
@@ -156,6 +157,12 @@ def _grid(*images: torch.Tensor) -> torch.Tensor:
     return torch.cat([resize(x.float().cpu(), size) for x in images], dim=-1)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_outputs(paths: dict[str, Path], y: torch.Tensor, result: registry.Restoration) -> None:
     """Write every output to a temp file first; rename them only when all were written."""
     from PIL import Image
@@ -168,6 +175,7 @@ def write_outputs(paths: dict[str, Path], y: torch.Tensor, result: registry.Rest
         with contextlib.ExitStack() as stack:
             for key, dest in paths.items():
                 tmp = stack.enter_context(atomic_path(dest))
+                os.chmod(tmp, 0o666 & ~_umask())  # temp files are created 0600; outputs get the usual mode
                 if key == "state":
                     torch.save({k: v.detach().cpu().contiguous().clone() for k, v in result.state.items()}, tmp)
                 else:

@@ -3,103 +3,30 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 
 import pytest
 import torch
-from torch import nn
 
 from redegrade.backend import Restoration, StepInfo
+from redegrade.degradations import ffhqx
 from redegrade.errors import ConfigError
 from redegrade.forward import ForwardModel, Identity, KnownDegradation
+from redegrade.model import ModelConfig, UniversalDegradationModel
 from redegrade.objective import build
+from redegrade.redegrader import Redegrader
 from redegrade_rsg import RSG, Phase, RSGConfig
 from redegrade_rsg.phases import convert, to_ws
+from redegrade_stylegan2 import tiny_generator
 
 RES = 32
 
 
-# ---------------------------------------------------------------- stand-ins until the real parts land
-class _Mapping(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("w_avg", torch.randn(512, generator=torch.Generator().manual_seed(1)) * 0.3)
-
-
-class _Synthesis(nn.Module):
-    """A few modulated 3×3 convs; w++ vectors of a layer are averaged (enough to be a prior here)."""
-
-    def __init__(self, num_ws=4, ch=8):
-        super().__init__()
-        g = torch.Generator().manual_seed(2)
-        self.num_ws, self.ch = num_ws, ch
-        self.const = nn.Parameter(torch.randn(1, ch, 4, 4, generator=g))
-        self.affine = nn.Parameter(torch.randn(num_ws, 512, ch, generator=g) / math.sqrt(512))
-        self.conv = nn.Parameter(torch.randn(num_ws, ch, ch, 3, 3, generator=g) / math.sqrt(9 * ch))
-        self.rgb = nn.Parameter(torch.randn(3, ch, 1, 1, generator=g) / math.sqrt(ch))
-
-    def forward(self, ws, noise_mode="const"):
-        per = ws.shape[1] // self.num_ws
-        x = self.const.expand(ws.shape[0], -1, -1, -1)
-        for i in range(self.num_ws):
-            s = ws[:, i * per:(i + 1) * per].mean(1) @ self.affine[i] + 1  # [B,ch]
-            if x.shape[-1] < RES:
-                x = nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            x = nn.functional.leaky_relu(nn.functional.conv2d(x * s[:, :, None, None], self.conv[i], padding=1), 0.2)
-        return torch.tanh(nn.functional.conv2d(x, self.rgb))
-
-
-class StandInG(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.mapping, self.synthesis = _Mapping(), _Synthesis()
-        self.num_ws, self.img_resolution = self.synthesis.num_ws, RES
-
-
-class StandInRedegrader(ForwardModel):
-    """Blur + colour shift + noise, driven by e_g [1,8], e_l [1,4,H/2,W/2] and n [1,1,H,W]."""
-
-    def __init__(self):
-        super().__init__()
-        self.mix = nn.Conv2d(3 + 4 + 1 + 8, 3, 3, padding=1)
-        self.freeze()
-        self.e_g = self.e_l = self.n = None
-
-    def reset(self, y, *, generator=None):
-        super().reset(y)
-        h, w = y.shape[-2:]
-        self.e_g = y.mean((2, 3)).repeat(1, 3)[:, :8].clone().requires_grad_(True)
-        self.e_l = torch.rand(1, 4, h // 2, w // 2, generator=generator).requires_grad_(True)
-        self.n = torch.randn(1, 1, h, w, generator=generator).requires_grad_(True)
-
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        e_l = nn.functional.interpolate(self.e_l, size=(h, w), mode="nearest")
-        e_g = self.e_g[:, :, None, None].expand(-1, -1, h, w)
-        return x + 0.2 * torch.tanh(self.mix(torch.cat([x, e_l, self.n, e_g], 1)))
-
-    def named_variables(self):
-        return {"e_g": self.e_g, "e_l": self.e_l, "n": self.n}
-
-
-def _generator():
-    try:
-        from redegrade_stylegan2 import tiny_generator
-    except ImportError:
-        return StandInG()
-    return tiny_generator(resolution=RES, seed=0)
-
-
+# ---------------------------------------------------------------- the real parts, tiny
 @functools.cache
 def _redegrader_template() -> ForwardModel:
     # Tiny random weights for the frozen network, built once under a fixed seed; tests get copies.
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        try:
-            from redegrade.model import ModelConfig, UniversalDegradationModel
-            from redegrade.redegrader import Redegrader
-        except ImportError:
-            return StandInRedegrader()
         return Redegrader(UniversalDegradationModel(ModelConfig.preset("tiny"))).freeze()
 
 
@@ -120,7 +47,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def G():
-    return _generator()
+    return tiny_generator(resolution=RES, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -236,31 +163,9 @@ def test_naive_mode_is_the_same_backend_with_identity(G, objective, target):
     torch.testing.assert_close(out.redegraded.clamp(-1, 1), out.image, atol=1e-6, rtol=0)
 
 
-class _HalfRes:
-    """A known differentiable degradation: 2× area downsampling, with an inpainting mask."""
-
-    def __init__(self, res):
-        self.mask = torch.ones(1, 1, res // 2, res // 2)
-        self.mask[..., : res // 8, :] = 0
-
-    def approx(self, x):
-        return torch.nn.functional.avg_pool2d(x, 2)
-
-    def apply(self, x):
-        return self.approx(x)
-
-
-def _known_degradation():
-    try:
-        from redegrade.degradations import ffhqx
-
-        return ffhqx.task("P", "XS", resolution=RES, seed=0)  # inpainting: exercises the masked loss
-    except (ImportError, AttributeError):
-        return _HalfRes(RES)
-
-
 def test_non_blind_known_degradation_runs(G, objective, target):
-    task = _known_degradation()
+    task = ffhqx.task("P", "XS", resolution=RES, seed=0)  # inpainting: exercises the masked loss
+    assert task.mask is not None
     fm = KnownDegradation(task, resolution=RES)
     y = task.apply(target)
     out = RSG(_config(steps=5), prior=G, objective=objective).restore(y, fm)
