@@ -43,6 +43,10 @@ Examples:
   python -m redegrade.restore --list-backends
 
 \b
+rsg settings for --set: phases (default V,W,W+,W++), v_lr 0.08, w_lr 0.08, wplus_lr 0.02,
+wpp_lr 0.005, variables_lr 0.01 (Adam on e_g, e_l, n from W on; scaled with the latent lr after).
+
+\b
 Every user error is one line on stderr and exit code 2; nothing is written unless the run succeeds.
 """
 
@@ -231,8 +235,9 @@ class _Bars:
 @click.option("--zeta", type=float, default=None, help="[dps] Guidance step size ζ.")
 @click.option("--early-exit", type=int, default=None, help="[dps] Stop the sampler early at this step.")
 @click.option("--loss", type=click.Choice(["lpips", "l1", "l2"]), default=None,
-              help="Objective: multiscale LPIPS-VGG + 0.1·L1 (default; needs torchvision's VGG16 weights) or "
-                   "weight-free multiscale l1 / l2.")
+              help="Objective: multiscale LPIPS-VGG + 0.1·L1 (default; needs torchvision's VGG16 weights: "
+                   "offline, put vgg16-397923af.pth into $TORCH_HOME/hub/checkpoints/) or weight-free multiscale "
+                   "l1 / l2.")
 @click.option("--steps", type=click.IntRange(min=0), default=None, metavar="N",
               help="Steps per phase (rsg: V, W, W+, W++ each; default 150) or sampler steps (dps).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds every random draw (noise maps n, ...).")
@@ -276,7 +281,7 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
     options = dict(generator=generator, diffusion_model=diffusion_model, zeta=zeta, early_exit=early_exit,
                    steps=steps, loss=loss, seed=seed, device=device)
     config = make_config(cls, backend_name, options, assignments)
-    dev = settings.resolve_device(device)
+    dev = settings.resolve_device(getattr(config, "device", device))
 
     from redegrade.image import fit_to_resolution, load_image
 

@@ -151,6 +151,7 @@ def _bad_cases(assets, tmp_path):
         "missing redegrader": [inp, "--redegrader", tmp_path / "nored", *base],
         "redegrader in naive": [inp, "--mode", "naive", "--redegrader", red, *base],
         "no face for --align": [inp, "--align", "--mode", "naive", *base],
+        "default generator offline": [inp, "--mode", "naive", *QUICK],  # conftest: offline, empty cache
     }
 
 
@@ -181,3 +182,23 @@ def test_missing_lpips_backbone_names_both_ways_out(assets, monkeypatch):
     res = _run([assets["input"], "--generator", assets["generator"], "--loss", "lpips", "--steps", "1"])
     assert res.exit_code == 2
     assert res.stderr.count("\n") == 1 and "vgg16" in res.stderr.lower() and "--loss l1" in res.stderr
+
+
+def test_align_crops_a_real_face_like_ffhq():
+    from PIL import Image
+    from skimage import data
+
+    from redegrade.align import align_face, landmarks
+    from redegrade.image import pil_to_tensor
+
+    photo = pil_to_tensor(Image.fromarray(data.astronaut()))  # 512×512, public domain
+    points = landmarks(photo)
+    assert points.shape == (68, 2) and points.min() >= 0 and points.max() < 512
+    face = align_face(photo, 256)
+    assert face.shape == (1, 3, 256, 256) and face.abs().max() <= 1
+    # FFHQ geometry: eyes level, centred, a little above the middle; the mouth centred below them
+    p = landmarks(face) / 256
+    left, right, mouth = p[36:42].mean(0), p[42:48].mean(0), p[48:60].mean(0)
+    assert abs(left[1] - right[1]) < 0.02
+    assert abs((left[0] + right[0]) / 2 - 0.5) < 0.03 and abs(mouth[0] - 0.5) < 0.03
+    assert 0.35 < left[1] < 0.5 and 0.6 < mouth[1] < 0.75
