@@ -207,7 +207,7 @@ def fractions(stats: dict[str, dict[str, float]], which: str, case: Case) -> dic
     for k in case.stats:
         b, t, v = stats["B"][k], stats["true"][k], stats[which][k]
         log_scale = k in LOG_STATS
-        span = (math.log(max(t, 1e-12)) - math.log(max(b, 1e-12))) if log_scale else t - b
+        span = (math.log(max(t, 1e-7)) - math.log(max(b, 1e-7))) if log_scale else t - b
         if case.kind == "wqi" and abs(span) < MIN_SPAN[k]:
             continue
         out[k] = quality.fraction_moved(v, b, t, log=log_scale)

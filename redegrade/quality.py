@@ -31,6 +31,8 @@ from redegrade.settings import generator
 _LUMA = (0.299, 0.587, 0.114)
 # MAD → standard deviation for a Gaussian: Φ⁻¹(3/4).
 _MAD_TO_STD = 0.6745
+# Mean absolute step below which a region counts as flat (¼ of an 8-bit level, in [0,1] units).
+_FLAT = 1e-3
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +104,8 @@ def blockiness(x: torch.Tensor, block: int = 8, *, any_phase: bool = True) -> to
         k = m.argmax(dim=1) if any_phase else torch.zeros(m.shape[0], dtype=torch.long, device=m.device)
         boundary = m.gather(1, k[:, None])[:, 0]
         interior = (m.sum(dim=1) - boundary) / (block - 1)
-        ratios.append(boundary / interior.clamp_min(1e-6))
+        # the floor (a quarter of an 8-bit step) keeps flat, featureless crops at ≈1 instead of 0/0
+        ratios.append((boundary + _FLAT) / (interior + _FLAT))
     return (ratios[0] + ratios[1]) / 2
 
 
@@ -163,7 +166,7 @@ def fraction_moved(transferred: float, clean: float, target: float, *, log: bool
     Returns NaN when the target does not differ from the clean value.
     """
     if log:
-        transferred, clean, target = (math.log(max(v, 1e-12)) for v in (transferred, clean, target))
+        transferred, clean, target = (math.log(max(v, 1e-7)) for v in (transferred, clean, target))
     span = target - clean
     if abs(span) < 1e-12:
         return float("nan")
