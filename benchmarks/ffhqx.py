@@ -329,8 +329,8 @@ class Runner:
         device = settings.resolve_device(bench.device)
         if device.type == "cuda" and device.index is None and shard.world > 1:
             device = torch.device("cuda", shard.local_rank)  # torchrun: one GPU per rank
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # so "cuda" elsewhere (metrics, aggregation) means this rank's GPU
         self.device = device
         cls = backends.load(bench.backend)
         self.config = backend_config(cls, bench, str(device))
