@@ -8,7 +8,8 @@ peak memory is not hidden by what an earlier mode left in the allocator. The pri
 StyleGAN2 of NVIDIA's config-f size at ``--resolution`` unless ``--generator`` names a checkpoint; the
 blind forward model is a random-weight paper-size universal degradation model unless ``--redegrader``
 is given; the objective is LPIPS-VGG with a random backbone (same cost as the real one, no download).
-Step time is the median interval between consecutive progress callbacks of one phase; peak memory is
+Step time is the median interval between consecutive progress callbacks of one phase (wall time, and
+the process's CPU time, which a busy shared machine distorts less); peak memory is
 the CUDA allocator's peak, or on CPU the peak resident set size sampled during the steps, both above
 what was in use when the restore began.
 """
@@ -126,12 +127,14 @@ def measure(mode: str, args: dict) -> dict:
     y_obs = y if mode == "nonblind" else resize(y, R)
     fm.reset(y_obs, generator=settings.generator(0))
 
-    stamps: list[tuple[str, float]] = []
+    stamps: list[tuple[str, float, float]] = []
 
     def progress(info) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        stamps.append((info.phase, time.perf_counter()))
+        # wall time, and CPU time of the whole process (all threads): the latter is what a busy
+        # shared machine distorts least
+        stamps.append((info.phase, time.perf_counter(), time.process_time()))
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -145,15 +148,17 @@ def measure(mode: str, args: dict) -> dict:
             backend.restore(y_obs, fm, progress=progress)
         peak = watch.peak - base
     phases: dict[str, list[float]] = {}
-    for (p0, t0), (p1, t1) in zip(stamps, stamps[1:]):
+    cpu: list[float] = []
+    for (p0, t0, c0), (p1, t1, c1) in zip(stamps, stamps[1:]):
         if p0 == p1:  # the first step of a phase also pays for setting the phase up
             phases.setdefault(p1, []).append(t1 - t0)
+            cpu.append(c1 - c0)
     if not phases:
         raise ConfigError("need at least 2 steps per phase to time a step (use --steps 2 or more)")
     per_phase = {p: statistics.median(v) for p, v in phases.items()}
     return {"mode": mode, "resolution": R, "device": str(device), "threads": torch.get_num_threads(),
             "seconds_per_step": per_phase, "all_steps": statistics.median([t for v in phases.values() for t in v]),
-            "peak_bytes": int(peak)}
+            "cpu_seconds_per_step": statistics.median(cpu), "peak_bytes": int(peak)}
 
 
 def report(results: dict[str, dict]) -> str:
@@ -162,8 +167,12 @@ def report(results: dict[str, dict]) -> str:
     lines = [f"resolution {naive['resolution']}², device {naive['device']}, {naive['threads']} threads",
              "| mode | phase | s/step | × naive | peak MiB | × naive |", "|---|---|---:|---:|---:|---:|"]
     for mode, r in results.items():
-        for phase, sec in list(r["seconds_per_step"].items()) + [("all", r["all_steps"])]:
-            ref = naive["all_steps"] if phase == "all" else naive["seconds_per_step"].get(phase)
+        rows = list(r["seconds_per_step"].items()) + [("all", r["all_steps"])]
+        if naive.get("cpu_seconds_per_step") and r.get("cpu_seconds_per_step"):
+            rows.append(("CPU s (all)", r["cpu_seconds_per_step"]))
+        for phase, sec in rows:
+            ref = {"all": naive["all_steps"], "CPU s (all)": naive.get("cpu_seconds_per_step")}.get(
+                phase, naive["seconds_per_step"].get(phase))
             ratio = f"{sec / ref:.2f}" if ref else ""
             mem = r["peak_bytes"] / 2 ** 20 if phase == "all" else None
             mem_ratio = f"{r['peak_bytes'] / naive['peak_bytes']:.2f}" if phase == "all" and naive["peak_bytes"] > 0 else ""

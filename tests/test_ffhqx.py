@@ -263,3 +263,18 @@ def test_lpips_distance_handles_tiny_targets():
     a, b = torch.rand(2, 1, 3, 1, 1, generator=g) * 2 - 1  # a 32× downsampled 32² image is one pixel
     assert metrics.lpips_distance(net, a, a) == pytest.approx(0, abs=1e-6)
     assert metrics.lpips_distance(net, a, b) > 0
+
+
+@pytest.mark.slow
+def test_step_cost_prints_ratios_to_naive(tmp_path):
+    script = ROOT / "benchmarks" / "step_cost.py"
+    out = tmp_path / "cost.json"
+    proc = subprocess.run([sys.executable, str(script), "--resolution", "32", "--steps", "2", "--loss", "l1",
+                           "-o", "phases=W", "--json", str(out)], env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res) == {"naive", "blind", "nonblind"}
+    assert all(r["all_steps"] > 0 and r["peak_bytes"] >= 0 for r in res.values())
+    naive_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| naive | all"))
+    assert "| 1.00 |" in naive_line
