@@ -214,7 +214,9 @@ def main(resolution, steps, backend, generator, redegrader, task, level, loss, m
         log.info("measuring %s …", mode)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ConfigError(f"measuring {mode} failed:\n{proc.stderr[-2000:]}")
+            why = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
+                   else f"exit code {proc.returncode}")
+            raise ConfigError(f"measuring {mode} failed ({why}):\n{proc.stderr[-2000:]}")
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     click.echo(report(results))
     if json_out:
