@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import sys
 import types
 import typing
@@ -161,12 +160,6 @@ def _grid(*images: torch.Tensor) -> torch.Tensor:
     return torch.cat([resize(x.float().cpu(), size) for x in images], dim=-1)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_outputs(paths: dict[str, Path], y: torch.Tensor, result: registry.Restoration) -> None:
     """Write every output to a temp file first; rename them only when all were written."""
     from PIL import Image
@@ -179,7 +172,6 @@ def write_outputs(paths: dict[str, Path], y: torch.Tensor, result: registry.Rest
         with contextlib.ExitStack() as stack:
             for key, dest in paths.items():
                 tmp = stack.enter_context(atomic_path(dest))
-                os.chmod(tmp, 0o666 & ~_umask())  # temp files are created 0600; outputs get the usual mode
                 if key == "state":
                     torch.save({k: v.detach().cpu().contiguous().clone() for k, v in result.state.items()}, tmp)
                 else:
@@ -233,7 +225,8 @@ class _Bars:
                    "(default: stylegan2.ffhq1024, downloaded once).")
 @click.option("--diffusion-model", metavar="NAME|PATH", default=None, help="[dps] Diffusion model checkpoint.")
 @click.option("--zeta", type=float, default=None, help="[dps] Guidance step size ζ.")
-@click.option("--early-exit", type=int, default=None, help="[dps] Stop the sampler early at this step.")
+@click.option("--early-exit/--no-early-exit", default=None,
+              help="[dps] Stop once the objective has stopped improving over a window (reports the NFE used).")
 @click.option("--loss", type=click.Choice(["lpips", "l1", "l2"]), default=None,
               help="Objective: multiscale LPIPS-VGG + 0.1·L1 (default; needs torchvision's VGG16 weights: "
                    "offline, put vgg16-397923af.pth into $TORCH_HOME/hub/checkpoints/) or weight-free multiscale "
@@ -256,7 +249,7 @@ class _Bars:
 @user_errors
 def main(input_path: Path | None, output: Path | None, backend_name: str, list_backends: bool, mode: str,
          redegrader: str | None, generator: str | None, diffusion_model: str | None, zeta: float | None,
-         early_exit: int | None, loss: str | None, steps: int | None, seed: int, device: str, save_all: bool,
+         early_exit: bool | None, loss: str | None, steps: int | None, seed: int, device: str, save_all: bool,
          align: bool, assignments: tuple[str, ...], no_progress: bool, verbose: bool) -> None:
     """Restore a degraded face image INPUT by inverting a generative prior through a forward model.
 
