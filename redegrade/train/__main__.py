@@ -46,6 +46,9 @@ D = TrainConfig()
 @click.option("--lambda-l", type=float, default=D.lambda_l, help="Rate weight λ_l (bits per e_l position).")
 @click.option("--lambda-g", type=float, default=D.lambda_g, help="Rate weight λ_g (bits per e_g; ≈ λ_l/20).")
 @click.option("--lambda-aux", type=float, default=D.lambda_aux, help="Weight of the entropy models' quantile loss.")
+@click.option("--quant-warmup", type=click.IntRange(0), default=D.quant_warmup,
+              help="First N steps use the codes unquantised (no U(±½) noise), so they grow a spread the "
+                   "synthesis can use before the noise is switched on.")
 @click.option("--gan/--no-gan", default=D.gan, help="Add a WGAN-GP critic on (x, ŷ) pairs (≈ doubles step time).")
 @click.option("--lambda-gan", type=float, default=D.lambda_gan, help="Weight of the adversarial term.")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=D.checkpoint_every,
@@ -61,7 +64,7 @@ D = TrainConfig()
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
          lambda_color: float, lambda_diver: float,
-         lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, gan: bool, lambda_gan: float,
+         lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool, lambda_gan: float,
          checkpoint_every: int, log_every: int, resume: bool, seed: int, device: str, threads: int,
          progress: bool, verbose: bool) -> None:
     """Train the universal degradation model (encoders e_g/e_l, entropy models, IDA-SFT synthesis).
@@ -85,7 +88,7 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
     config = TrainConfig(preset=preset, steps=steps, batch=batch, crop=crop, lr=lr, lr_aux=lr_aux, adam_eps=adam_eps,
                          perceptual=perceptual, lambda_sim=lambda_sim, lambda_color=lambda_color,
                          lambda_diver=lambda_diver, lambda_contra=lambda_contra, lambda_l=lambda_l, lambda_g=lambda_g,
-                         lambda_aux=lambda_aux, gan=gan, lambda_gan=lambda_gan, seed=seed,
+                         lambda_aux=lambda_aux, quant_warmup=quant_warmup, gan=gan, lambda_gan=lambda_gan, seed=seed,
                          checkpoint_every=checkpoint_every, log_every=log_every, max_side=max_side)
     sampler = PairSampler.from_folder(data, crop=crop, batch=batch, max_side=max_side, seed=seed)
     trainer = train(sampler, config, out, resume=resume, device=dev, progress=progress,

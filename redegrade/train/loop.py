@@ -58,6 +58,7 @@ class TrainConfig:
     lambda_l: float = 0.01         # bits per e_l position (CDD: 0.05 film_grain … 1 WQI)
     lambda_g: float = 0.0005       # bits per e_g vector, λ_g = λ_l / 20 (CDD film_grain 0.002)
     lambda_aux: float = 1.0        # CDD lambda_cprs
+    quant_warmup: int = 0          # steps without quantisation noise before "noise" mode (see Trainer.losses)
     gan: bool = False
     lambda_gan: float = 0.05       # CDD FFHQ lambda_gan_gen
     gp_weight: float = 10.0
@@ -118,7 +119,11 @@ class Trainer:
         """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0)."""
         c, m = self.config, self.model
         code = m.encode(y)
-        code_hat, rate = m.quantize(code, "noise", generator=g)
+        # An untrained encoder's codes (std ~0.15) are smaller than the U(±½) quantisation noise, so
+        # the synthesis learns to shut them out (its fused map sits behind a ReLU) and never recovers;
+        # a warm-up without noise lets the codes grow a usable spread first.
+        mode = "none" if self.step_count < c.quant_warmup else "noise"
+        code_hat, rate = m.quantize(code, mode, generator=g)
         y_hat = m.synthesize(x, code_hat, m.sample_noise(x, generator=g))
         positions = max(1, code.e_l.shape[-1] * code.e_l.shape[-2])
         terms: dict[str, torch.Tensor] = {
