@@ -198,6 +198,18 @@ def test_contrastive_loss_trains_the_global_encoder():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_quant_warmup_keeps_codes_unquantised_for_its_steps():
+    model = build_model("tiny")
+    modes = []
+    quantize = model.quantize
+    model.quantize = lambda code, mode, **kw: (modes.append(mode), quantize(code, mode, **kw))[1]
+    trainer = Trainer(model, TrainConfig(preset="tiny", crop=32, batch=2, queue=4, quant_warmup=2))
+    s = _sampler(batch=2)
+    for _ in range(3):
+        trainer.step(s)
+    assert modes == ["none", "none", "noise"]
+
+
 def test_moco_queue_is_a_ring_and_momentum_moves_keys():
     from redegrade.train.moco import MoCo
 

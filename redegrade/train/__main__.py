@@ -64,7 +64,8 @@ D = TrainConfig()
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
          lambda_color: float, lambda_diver: float,
-         lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool, lambda_gan: float,
+         lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
+         lambda_gan: float,
          checkpoint_every: int, log_every: int, resume: bool, seed: int, device: str, threads: int,
          progress: bool, verbose: bool) -> None:
     """Train the universal degradation model (encoders e_g/e_l, entropy models, IDA-SFT synthesis).
