@@ -13,7 +13,8 @@ It reports, per degradation (fractions are medians over pairs), (1) how far tran
 ``true`` — ``fraction = (stat(transfer) − stat(B)) / (stat(true) − stat(B))`` on the statistic the
 degradation changes (noise level, log-sharpness, blockiness; see :mod:`redegrade.quality`); (2) Table 2
 scores of reproduce and transfer against ``true`` (PSNR, SSIM, MS-SSIM, a filter-bank texture distance,
-and LPIPS-VGG when its backbone is installed); (3) PSNR of the clean-source transfer against B.
+and LPIPS-VGG when its backbone is installed), next to the ``identity`` baseline (B itself scored against
+d(B): what a model that adds no degradation gets); (3) PSNR of the clean-source transfer against B.
 
     python benchmarks/transfer_eval.py --images DIR_OR_FILES... [--redegrader PATH] [--crop 192] [--json out.json]
 
@@ -198,6 +199,8 @@ class Record:
     reproduce: dict[str, float]
     transfer: dict[str, float]
     clean_psnr: float
+    identity: dict[str, float] = field(default_factory=dict)
+    """Scores of B itself against d(B): what an output that ignores the degradation gets."""
     extra: dict = field(default_factory=dict)
 
 
@@ -245,7 +248,7 @@ def evaluate(model: Redegrader, photos: list[Path], *, crop: int, seed: int, cas
             rec = Record(case.name, (photos[i].name, photos[j].name), stats,
                          fractions(stats, "transfer", case), fractions(stats, "clean", case),
                          fractions(stats, "reproduce", case), scorer(out["reproduce"], true_b), scorer(out["transfer"], true_b),
-                         float(quality.psnr(clean_out[i], b)))
+                         float(quality.psnr(clean_out[i], b)), scorer(b, true_b))
             records.append(rec)
             log.debug("%s %s→%s: fraction %s, clean PSNR %.1f", case.name, *rec.pair, rec.fraction, rec.clean_psnr)
         log.info("%s: %d pairs in %.0f s", case.name, len(pairs), time.perf_counter() - t0)
@@ -283,7 +286,7 @@ def summarise(records: list[Record]) -> tuple[str, dict]:
                          f"{row['fraction']:.2f} | {row['reproduce_fraction']:.2f} | {row['clean_fraction']:.2f} | {summary[case]['clean_psnr']:.1f} |")
     metrics = sorted({m for r in records for m in r.transfer})
     lines += ["", "| degradation | row | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-    for which in ("reproduce", "transfer"):
+    for which in ("identity", "reproduce", "transfer"):
         for case, rs in list(by_case.items()) + [("all", records)]:
             vals = {m: _mean([getattr(r, which).get(m, float("nan")) for r in rs]) for m in metrics}
             summary.setdefault(case, {})[which] = vals
