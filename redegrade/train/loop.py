@@ -47,7 +47,7 @@ class TrainConfig:
     steps: int = 1000
     batch: int = 8
     crop: int = 64
-    lr: float = 3e-4
+    lr: float = 1e-3
     lr_aux: float = 1e-3           # CDD lr_Cprs: the entropy models' quantiles
     adam_eps: float = 1e-8         # CDD used 1e-3, which all but freezes encoders whose gradients are ~1e-5
     perceptual: str = "stats"
@@ -55,10 +55,10 @@ class TrainConfig:
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0
     lambda_contra: float = 0.1     # CDD: 1e-4 (WQI) … 1.0 (FFHQ); short runs need a visible signal
-    lambda_l: float = 0.01         # bits per e_l position (CDD: 0.05 film_grain … 1 WQI)
-    lambda_g: float = 0.0005       # bits per e_g vector, λ_g = λ_l / 20 (CDD film_grain 0.002)
+    lambda_l: float = 0.001        # bits per e_l position (CDD: 0.05 film_grain … 1 WQI; short runs need less)
+    lambda_g: float = 5e-5         # bits per e_g vector, λ_g = λ_l / 20
     lambda_aux: float = 1.0        # CDD lambda_cprs
-    quant_warmup: int = 0          # steps without quantisation noise before "noise" mode (see Trainer.losses)
+    quant_warmup: int = 500        # steps without quantisation noise before "noise" mode (see Trainer.losses)
     gan: bool = False
     lambda_gan: float = 0.05       # CDD FFHQ lambda_gan_gen
     gp_weight: float = 10.0
