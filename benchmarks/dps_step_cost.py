@@ -53,7 +53,7 @@ def step_seconds(arch: str, steps: int, **cfg) -> tuple[float, float]:
     stamps: list[float] = []
     dps = DPS(DPSConfig(steps=steps + 1, device="cpu", **cfg), prior=prior)
     t0 = time.perf_counter()
-    r = dps.restore(y, Identity(), progress=lambda info: stamps.append(time.perf_counter()))
+    dps.restore(y, Identity(), progress=lambda info: stamps.append(time.perf_counter()))
     diffs = [b - a for a, b in zip([t0] + stamps[:-1], stamps)][1:]  # drop the warm-up step
     # ru_maxrss is a high-water mark (KiB): growth ≈ weights + one step's activations kept for the backward
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 2**20

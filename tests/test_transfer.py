@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from redegrade import quality
-from redegrade.image import load_image, pil_to_tensor, png_roundtrip, save_image, tensor_to_pil
+from redegrade.image import load_image, png_roundtrip, save_image
 from redegrade.model import ModelConfig, UniversalDegradationModel
 from redegrade.redegrader import Redegrader, default_dir
 from redegrade.settings import generator
