@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Tiny test networks gain nothing from intra-op threads, and on shared or busy cores two OpenMP
+# threads wait on each other (measured: 20 ms → 1–6 s per tiny forward), so the suite runs single-threaded.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -28,14 +28,6 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks; two threads on shared cores only thrash
-    yield
-    torch.set_num_threads(before)
-
-
 def random_adm(config: ADMConfig, seed: int = 0) -> ADMUNet:
     """An ADM UNet with every tensor random (ADM zero-initialises out convs, which would hide mapping errors)."""
     torch.manual_seed(seed)

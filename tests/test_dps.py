@@ -20,15 +20,6 @@ from redegrade_dps import (DPS, DPSConfig, EarlyExit, EpsModel, NoiseSchedule, S
 RES = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny UNets gain nothing from intra-op threads, and on shared cores two threads thrash (10× slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_unet(out_channels: int = 3, seed: int = 0) -> UNet2DModel:
     torch.manual_seed(seed)  # construction only; the sampler itself uses explicit generators
     return UNet2DModel(sample_size=RES, in_channels=3, out_channels=out_channels, block_out_channels=(8, 16),

@@ -10,16 +10,6 @@ from redegrade.model import DegradationCode, ModelConfig, UniversalDegradationMo
 from redegrade.redegrader import Redegrader
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks gain nothing from a second thread, and on shared, busy cores two OpenMP threads
-    # wait on each other (measured: 20 ms → 1–6 s per forward), so these tests run single-threaded.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 

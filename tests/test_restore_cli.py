@@ -18,15 +18,6 @@ QUICK = ["--steps", "2", "--loss", "l1", "--no-progress"]
 STEPS = [*QUICK, "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny networks gain nothing from intra-op threads; on shared, contended cores they slow down a lot.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A tiny exported generator, a tiny saved Redegrader and a 48×40 input image (not square)."""

@@ -34,17 +34,6 @@ def _redegrader() -> ForwardModel:
     return copy.deepcopy(_redegrader_template())
 
 
-# ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny networks gain nothing from intra-op threads, and on shared, contended cores extra threads
-    # make them 10-100× slower.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def G():
     return tiny_generator(resolution=RES, seed=0)

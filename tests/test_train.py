@@ -14,15 +14,6 @@ from redegrade.train.data import PairSampler, synthetic_images
 from redegrade.train.loop import CHECKPOINT, LOG_FILE, TrainConfig, Trainer, build_model, load_checkpoint, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: one thread avoids OpenMP oversubscription and keeps CPU results reproducible
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _photo(size: int = 64) -> torch.Tensor:
     import skimage.data
 
