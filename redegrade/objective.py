@@ -7,11 +7,14 @@ multiscale alternatives for machines where the VGG backbone cannot be downloaded
 from __future__ import annotations
 
 import urllib.error
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from redegrade import settings
 from redegrade.errors import CheckpointError, ConfigError, ShapeError
 
 VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -67,14 +70,21 @@ def lpips_vgg(*, pretrained_backbone: bool = True) -> nn.Module:
     """
     import lpips  # heavy import (torchvision); only when asked for
 
+    def missing(why: str) -> CheckpointError:
+        return CheckpointError(
+            f"LPIPS-VGG needs torchvision's ImageNet VGG16 weights, which could not be loaded ({why}): "
+            f"download {VGG_URL} into {Path(torch.hub.get_dir()) / 'checkpoints'}/, "
+            "or use the weight-free objective --loss l1")
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG_URL.rsplit("/", 1)[-1]
+    if pretrained_backbone and settings.offline() and not cached.is_file():
+        raise missing("offline: REDEGRADE_OFFLINE is set")
     try:
-        net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=not pretrained_backbone, verbose=False)
+        with warnings.catch_warnings():  # torchvision's deprecation notices about lpips' `pretrained=` call
+            warnings.simplefilter("ignore", UserWarning)
+            net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=not pretrained_backbone, verbose=False)
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"LPIPS-VGG needs torchvision's ImageNet VGG16 weights, which could not be loaded ({exc.__class__.__name__}): "
-            f"download {VGG_URL} into $TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints/), "
-            "or use the weight-free objective --loss l1"
-        ) from exc
+        raise missing(exc.__class__.__name__) from exc
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
