@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,48 +17,16 @@ from redegrade.forward import Identity
 from redegrade.image import load_image, save_image
 from redegrade.restore import main
 
-# The README's "Writing a backend" example, verbatim: a free image as the prior, fitted with Adam.
-PLUGIN = textwrap.dedent('''
-    from dataclasses import dataclass
-
-    import torch
-
-    from redegrade.backend import Backend, Restoration, StepInfo
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-    class Mine(Backend):
-        """A toy backend: the "prior" is a free image, fitted together with the forward model's variables."""
+def readme_example() -> str:
+    """The first ```python block of the README's "Writing a backend" section: tested as published."""
+    section = README.read_text(encoding="utf-8").split("## Writing a backend", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
-        @dataclass
-        class Config:
-            steps: int = 20
-            lr: float = 0.05
-            resolution: int = 32
-            seed: int = 0
-            device: str = "cpu"
 
-        @property
-        def resolution(self) -> int:
-            return self.config.resolution
-
-        def restore(self, y, forward_model, *, progress=None):
-            x = y.clone().requires_grad_(True)
-            opt = torch.optim.Adam([x, *forward_model.variables()], lr=self.config.lr)
-            loss_fn = self._objective or (lambda a, b: (a - b).abs().mean())
-            history = []
-            for i in range(self.config.steps):
-                loss = loss_fn(y, forward_model(x))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                history.append(StepInfo("fit", i + 1, self.config.steps, float(loss)))
-                if progress is not None:
-                    progress(history[-1])
-            x = x.detach().clamp(-1, 1)
-            with torch.no_grad():
-                redegraded = forward_model(x)
-            return Restoration(image=x, redegraded=redegraded, history=history)
-''')
+PLUGIN = readme_example()
 
 
 @pytest.fixture
