@@ -40,7 +40,7 @@ from PIL import Image, ImageFilter
 from redegrade import quality
 from redegrade.cli import setup_logging, user_errors
 from redegrade.errors import InputError
-from redegrade.image import pil_to_tensor, png_roundtrip, tensor_to_pil
+from redegrade.image import pil_to_tensor, png_roundtrip, shrink_short_side, tensor_to_pil
 from redegrade.redegrader import Redegrader
 from redegrade.settings import generator
 from redegrade.transfer import transfer
@@ -129,12 +129,7 @@ def find_photos(paths: tuple[Path, ...]) -> list[Path]:
 def load_crop(path: Path, crop: int, seed: int) -> torch.Tensor:
     """Downscale to short side ≤ MAX_SIDE (Lanczos) and take one seeded ``crop``² crop, ``[1,3,c,c]``."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        if min(w, h) > MAX_SIDE:
-            s = MAX_SIDE / min(w, h)
-            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
-        x = pil_to_tensor(im)
+        x = pil_to_tensor(shrink_short_side(im.convert("RGB"), MAX_SIDE))
     h, w = x.shape[-2:]
     if min(h, w) < crop:
         raise InputError(f"{path} is {w}×{h} after downscaling; smaller than the {crop}² crop")

@@ -49,6 +49,15 @@ def load_image(path: str | os.PathLike, *, min_size: int = 1) -> torch.Tensor:
     return pil_to_tensor(rgb)
 
 
+def shrink_short_side(im: Image.Image, max_side: int) -> Image.Image:
+    """Downscale (Lanczos) so the shorter side is at most ``max_side``; smaller images are returned as is."""
+    w, h = im.size
+    if min(w, h) <= max_side:
+        return im
+    s = max_side / min(w, h)
+    return im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+
+
 def pil_to_tensor(im: Image.Image) -> torch.Tensor:
     """PIL RGB image → ``[1,3,H,W]`` float32 in ``[-1,1]``."""
     a = np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1.0

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from redegrade.errors import InputError
+from redegrade.image import shrink_short_side
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,7 @@ def load_cached(path: Path, max_side: int, min_side: int) -> torch.Tensor | None
     """
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            if min(w, h) > max_side:
-                s = max_side / min(w, h)
-                im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
-            arr = np.asarray(im, dtype=np.uint8).copy()
+            arr = np.asarray(shrink_short_side(im.convert("RGB"), max_side), dtype=np.uint8).copy()
     except OSError as exc:
         log.warning("skipping unreadable image %s (%s)", path, exc)
         return None
