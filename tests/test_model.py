@@ -216,3 +216,63 @@ def test_fused_map_equals_conv_of_broadcast_concat(tiny):
     finally:
         proj.float()
     assert torch.allclose(got, want, atol=1e-10)
+
+
+# ----------------------------------------------------------------- options outside CDD (small preset)
+def _with(**kw) -> UniversalDegradationModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), **kw})
+    return UniversalDegradationModel(ModelConfig.from_dict(cfg.to_dict())).eval()
+
+
+def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_level():
+    m = _with(noise_head=True)
+    base = _with()
+    assert m.num_noise == base.num_noise + 3
+    assert m.noise_shapes(32, 16)[-3:] == [(32, 16)] * 3
+    x = _img(1, 32, 32)
+    code = m.encode(_img(1, 32, 32, seed=5)).detach()
+    noise = m.sample_noise(x, _gen(1))
+    other = noise[:-3] + m.sample_noise(x, _gen(2))[-3:]
+    with torch.no_grad():
+        diff = m.synthesize(x, code, noise) - m.synthesize(x, code, other)
+    # σ starts at 0.02 rather than 0, where a statistics loss would give it no gradient
+    assert 0.01 < float(diff.std()) / 2 ** 0.5 < 0.04
+    m.synthesize(x, code, noise).square().mean().backward()
+    head = m.synthesis.noise_head
+    assert head.log_sigma.weight.grad.abs().sum() > 0 and head.mix.weight.grad.abs().sum() > 0
+    m.zero_grad(set_to_none=True)
+
+
+def test_grid_phase_lets_the_synthesis_tell_block_positions_apart():
+    plain, phased = _with(), _with(grid_phase=True)
+    x = torch.zeros(1, 3, 32, 32)  # a flat image: only the position can make rows differ
+    with torch.no_grad():
+        outs = {}
+        for name, m in (("plain", plain), ("phased", phased)):
+            code = m.encode(x)
+            outs[name] = m.synthesize(x, code, m.sample_noise(x, _gen(0)))
+    # away from the borders a flat input gives a flat output unless the position is known
+    inner = lambda t: t[..., 8:24, 8:24]  # noqa: E731
+    assert float(inner(outs["phased"]).std(dim=(-1, -2)).max()) > 10 * float(inner(outs["plain"]).std(dim=(-1, -2)).max())
+
+
+def test_warm_start_copies_matching_weights_and_widens_inputs_with_zeros(tmp_path):
+    from redegrade.model.io import save_state, warm_start
+
+    src = _with()
+    save_state(src, tmp_path / "src")
+    dst = _with(grid_phase=True, noise_head=True)
+    fresh = warm_start(dst, tmp_path / "src")
+    assert fresh and all(k.startswith("synthesis.noise_head.") for k in fresh)
+    # zero phase weights: the widened synthesis computes exactly what the source did, plus the new noise
+    x = _img(1, 32, 32)
+    code = src.encode(_img(1, 32, 32, seed=5))
+    n = src.sample_noise(x, _gen(1))
+    with torch.no_grad():
+        dst.synthesis.noise_head.log_sigma.bias.fill_(-30.0)
+        a = src.synthesize(x, code, n)
+        b = dst.synthesize(x, code, n + dst.sample_noise(x, _gen(2))[-3:])
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    with pytest.raises(CheckpointError, match="warm-start"):
+        warm_start(_with(widths=(8, 8, 8)), tmp_path / "src")

@@ -296,3 +296,53 @@ def test_photos_helper_splits_heldout_deterministically(tmp_path):
     train_files = list((tmp_path / "a" / "train").iterdir())
     assert len(held) == 1 and len(train_files) >= 2
     assert held[0].name not in {f.name for f in train_files}
+
+
+# ------------------------------------------------------------------------------ JPEG grid and clean samples
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    from redegrade.degradations.base import from_unit, to_unit
+    from redegrade.degradations.jpeg import decode, encode
+
+    return from_unit(decode(encode(to_unit(x), quality)))
+
+
+def test_grid_loss_sees_jpeg_blocking_but_not_noise_or_blur():
+    import skimage.data
+
+    # 64² crops of three photos at their own resolution (a downscaled photo is too busy for 8×8 blocks)
+    x = torch.cat([torch.tensor(getattr(skimage.data, n)()[100:164, 200:264]).permute(2, 0, 1)[None]
+                   for n in ("astronaut", "coffee", "chelsea")]).float() / 127.5 - 1
+    g = torch.Generator().manual_seed(0)
+    grid = L.GridLoss()
+    blocky = {q: float(grid(_jpeg(x, q), x)) for q in (20, 50, 90)}
+    assert blocky[20] > blocky[50] > blocky[90]
+    assert float(grid(x + 0.1 * torch.randn(x.shape, generator=g), x)) < 0.25 * blocky[50]
+    assert float(grid(L.gaussian_blur(x, 7, 2.0), x)) < 0.5 * blocky[50]
+    # the grid is anchored at (0, 0): the same blocks shifted by 4 pixels no longer match
+    y = _jpeg(x, 20)
+    assert float(grid(y, y)) == 0.0
+    assert float(grid(y.roll(4, dims=-1), y)) > 0.5 * blocky[20]
+    with pytest.raises(Exception, match="multiples of 8"):
+        grid(x[..., :60], x[..., :60])
+
+
+def test_sampler_crops_on_the_jpeg_grid_and_can_leave_samples_clean():
+    def phase_marker(region, g):
+        # a degradation that writes each pixel's position mod 8 into the red channel
+        h, w = region.shape[-2:]
+        rows = torch.arange(h).view(h, 1) % 8
+        cols = torch.arange(w).view(1, w) % 8
+        y = region.clone()
+        y[:, 0] = (rows * 8 + cols).float() / 64
+        return y, {}
+
+    s = PairSampler(synthetic_images(4, 64, seed=0), crop=16, batch=8, seed=0, degrade=phase_marker)
+    b = s.sample(0)
+    expected = ((torch.arange(16).view(16, 1) % 8) * 8 + torch.arange(16).view(1, 16) % 8).float() / 64
+    for y in (b.y, b.y_pos):
+        assert torch.equal(y[:, 0], expected.expand(8, 16, 16))
+    clean = PairSampler(synthetic_images(4, 64, seed=0), crop=16, batch=8, seed=0, clean_prob=1.0).sample(0)
+    assert torch.equal(clean.x, clean.y)
+    some = PairSampler(synthetic_images(4, 64, seed=0), crop=16, batch=32, seed=0, clean_prob=0.5).sample(0)
+    same = [(some.x[i] == some.y[i]).all().item() for i in range(32)]
+    assert 4 < sum(same) < 28

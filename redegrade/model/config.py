@@ -35,6 +35,13 @@ class ModelConfig:
     """Quantisation step of e_l (which lives in [0,1]); 1.0 is compressai's integer grid as in CDD."""
     global_residual: bool = False
     """Add x to the U-Net output (ŷ = x + f(x)). Not in CDD; helps small models start at identity."""
+    noise_head: bool = False
+    """Add pixel noise σ(x, e)·k∗z from 3 extra full-size noise maps z (not in CDD). Noise injected only
+    inside the SFT layers starts with no gradient (a loss that compares statistics is flat at zero
+    noise amplitude), so a small model never learns to use it; an explicit, non-zero σ does."""
+    grid_phase: bool = False
+    """Feed the synthesis the position modulo 8 (cos/sin at periods 8 and 4; not in CDD). JPEG's blocks
+    sit on a fixed 8×8 grid that a translation-equivariant network cannot see."""
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
@@ -78,9 +85,11 @@ class ModelConfig:
             raise ConfigError("entropy_mlp_layers must be ≥ 0 and quant_step_l > 0")
 
     def noise_levels(self) -> list[int]:
-        """Resolution level (0 = H, 1 = H/2, 2 = H/4) of each noise map, in SFT-layer order."""
+        """Resolution level (0 = H, 1 = H/2, 2 = H/4) of each noise map: SFT layers in order, then the
+        noise head's three maps."""
         level_of_stage = (0, 1, 2, 1, 0)
-        return [level_of_stage[s] for s, n in enumerate(self.blocks) for _ in range(2 * n)]
+        sft = [level_of_stage[s] for s, n in enumerate(self.blocks) for _ in range(2 * n)]
+        return sft + [0, 0, 0] * self.noise_head
 
     def noise_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(h, w) of each noise map for an H×W image, without building the network."""
@@ -89,7 +98,8 @@ class ModelConfig:
 
 _PRESETS = {
     "paper": ModelConfig(),
-    "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True),
+    "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
+                         noise_head=True, grid_phase=True),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         global_residual=True),
 }

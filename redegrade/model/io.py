@@ -120,6 +120,36 @@ def load_state(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     return model.to(device)
 
 
+def warm_start(model: torch.nn.Module, path: str | os.PathLike) -> list[str]:
+    """Copy the weights of the checkpoint at ``path`` into ``model`` where names match: a training start
+    from an earlier model whose config differs (e.g. one without ``noise_head`` or ``grid_phase``).
+
+    A tensor whose shape differs only by more input channels (dim 1 larger) gets the old weights in its
+    first channels and zeros in the new ones, so the new inputs start out ignored. Returns the names
+    left at their fresh initialisation; raises :class:`CheckpointError` for any other shape clash.
+    """
+    _, state = read_checkpoint(path)
+    own = weights_state(model)
+    fresh, clashes = [], []
+    with torch.no_grad():
+        params = dict(model.state_dict())
+        for k, dst in own.items():
+            src = state.get(k)
+            if src is None:
+                fresh.append(k)
+            elif src.shape == dst.shape:
+                params[k].copy_(src)
+            elif (src.dim() == dst.dim() >= 2 and src.shape[0] == dst.shape[0] and src.shape[2:] == dst.shape[2:]
+                  and src.shape[1] < dst.shape[1]):
+                params[k].zero_()
+                params[k][:, :src.shape[1]].copy_(src)
+            else:
+                clashes.append(f"{k} {tuple(src.shape)} vs model {tuple(dst.shape)}")
+    if clashes:
+        raise CheckpointError(f"cannot warm-start from {path}: " + ", ".join(clashes[:10]))
+    return fresh
+
+
 def save_state(model: UniversalDegradationModel, directory: str | os.PathLike) -> Path:
     """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each atomically). Returns it."""
     from safetensors.torch import save_file

@@ -5,6 +5,8 @@ Noise is always an argument: no layer draws random numbers, so a backend can opt
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,6 +101,41 @@ class SFTResBlock(nn.Module):
         y = self.conv1(self.sft1(x, e, n1))
         y = self.conv2(self.sft2(y, e, n2))
         return x + y
+
+
+def grid_phase(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """[1,8,H,W]: cos and sin of 2π·row/p and 2π·col/p for p = 8 and 4 (JPEG's block grid)."""
+    rows = torch.arange(height, device=like.device, dtype=like.dtype)
+    cols = torch.arange(width, device=like.device, dtype=like.dtype)
+    maps = []
+    for period in (8, 4):
+        for t, shape in ((rows, (height, 1)), (cols, (1, width))):
+            a = (2 * math.pi / period) * t.view(shape)
+            maps += [a.cos().expand(height, width), a.sin().expand(height, width)]
+    return torch.stack(maps).unsqueeze(0)
+
+
+class NoiseHead(nn.Module):
+    """Pixel noise ``σ(F, e)·(k∗z)``: a per-pixel, per-channel level read from the last decoder features F
+    and the degradation map e, times three N(0,1) maps z mixed by a learned 3×3 kernel k (colour and
+    spatial correlation). σ starts at ``init_sigma`` everywhere rather than 0, where a statistics loss
+    gives it no gradient; e enters directly so the encoders get a short path to learn the noise level."""
+
+    def __init__(self, channels: int, map_channels: int, init_sigma: float = 0.02):
+        super().__init__()
+        self.log_sigma = nn.Conv2d(channels + map_channels, 3, 1)
+        nn.init.zeros_(self.log_sigma.weight)
+        nn.init.constant_(self.log_sigma.bias, math.log(init_sigma))
+        self.mix = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.mix.weight.zero_()
+            self.mix.weight[:, :, 1, 1] = torch.eye(3)
+
+    def forward(self, feat: torch.Tensor, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        e_full = F.interpolate(e, size=feat.shape[-2:], mode="bilinear", align_corners=True)
+        # σ ≤ 1 (half the [-1,1] range) keeps an early bad step from blowing the output up
+        log_sigma = self.log_sigma(torch.cat([feat, e_full], dim=1)).clamp(max=0)
+        return log_sigma.exp() * self.mix(z.to(feat.dtype))
 
 
 class ResidualMLP(nn.Module):

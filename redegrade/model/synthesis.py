@@ -9,6 +9,9 @@
                                                            blocks1_ ─conv_last─► ŷ
     every SFT layer reads the degradation map e (resized to its level) and one noise map n_i
 
+Two options outside CDD (see :class:`ModelConfig`): ``grid_phase`` adds the pixel position modulo 8
+to x's channels, and ``noise_head`` adds ``σ(u1, e)·k∗z`` to ŷ, where z are the last three noise maps.
+
 CDD's ``VUNet`` maps its input through ``2x−1`` although x is already in [-1,1] (so it sees [-3,1]).
 We do not load CDD's weights, so we feed x as is.
 """
@@ -18,7 +21,7 @@ import torch
 from torch import nn
 
 from redegrade.model.config import ModelConfig
-from redegrade.model.layers import PreActConv, PreActConvT, SFTResBlock, lrelu
+from redegrade.model.layers import NoiseHead, PreActConv, PreActConvT, SFTResBlock, grid_phase, lrelu
 
 
 class SynthesisUNet(nn.Module):
@@ -30,7 +33,8 @@ class SynthesisUNet(nn.Module):
         n1, n2, n3, n2_, n1_ = config.blocks
         m = config.map_channels
         self.global_residual = config.global_residual
-        self.conv_first = PreActConv(3, c1, 3)
+        self.grid_phase = config.grid_phase
+        self.conv_first = PreActConv(3 + 8 * config.grid_phase, c1, 3)
         self.blocks1 = nn.ModuleList(SFTResBlock(c1, m) for _ in range(n1))
         self.conv_down1 = PreActConv(c1, c2, 4, stride=2)
         self.blocks2 = nn.ModuleList(SFTResBlock(c2, m) for _ in range(n2))
@@ -43,7 +47,8 @@ class SynthesisUNet(nn.Module):
         self.conv_skip1 = PreActConv(2 * c1, c1, 3, act=lrelu())
         self.blocks1_ = nn.ModuleList(SFTResBlock(c1, m, act="lrelu" if i < n1_ - 1 else "relu") for i in range(n1_))
         self.conv_last = PreActConv(c1, 3, 1, act=lrelu())
-        self.num_noise = 2 * sum(config.blocks)
+        self.noise_head = NoiseHead(c1, m) if config.noise_head else None
+        self.num_noise = len(config.noise_levels())
 
     @staticmethod
     def _run(blocks: nn.ModuleList, h: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], i: int):
@@ -54,7 +59,8 @@ class SynthesisUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
         i = 0
-        h1 = self.conv_first(x)
+        inp = torch.cat([x, grid_phase(*x.shape[-2:], x).expand(x.shape[0], -1, -1, -1)], 1) if self.grid_phase else x
+        h1 = self.conv_first(inp)
         h1, i = self._run(self.blocks1, h1, e, noise, i)
         h2 = self.conv_down1(h1)
         h2, i = self._run(self.blocks2, h2, e, noise, i)
@@ -65,4 +71,6 @@ class SynthesisUNet(nn.Module):
         u1 = self.conv_skip1(torch.cat([self.conv_up1(u2), h1], dim=1))
         u1, i = self._run(self.blocks1_, u1, e, noise, i)
         out = self.conv_last(u1)
+        if self.noise_head is not None:
+            out = out + self.noise_head(u1, e, torch.cat(noise[i:i + 3], dim=1))
         return x + out if self.global_residual else out

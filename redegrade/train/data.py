@@ -8,6 +8,10 @@ uninterrupted run would have seen, with no loader state to checkpoint.
 Per sample (tech-facts §1.10): pick an image, cut a region of ``region_scale``·crop, degrade the
 whole region with the WQI mix, then take two random crops of the degraded region — the first with
 its clean counterpart (x, y), the second as the contrastive positive (same degradation, other content).
+Crops start at multiples of 8 in the region, so JPEG's block grid stays anchored at each crop's
+(0, 0), as it is in a JPEG file. With ``clean_prob`` a sample is left undegraded (y = x): the WQI mix
+always blurs or compresses something, and a model that never sees a clean target degrades
+everything a little.
 """
 from __future__ import annotations
 
@@ -78,12 +82,15 @@ class PairSampler:
     """Deterministic (seed, step) → :class:`Batch` sampler over an in-memory image cache."""
 
     def __init__(self, images: list[torch.Tensor], *, crop: int, batch: int, seed: int = 0,
-                 degrade: Degrade | None = None, region_scale: float = 1.5, names: list[str] | None = None):
+                 degrade: Degrade | None = None, region_scale: float = 1.5, names: list[str] | None = None,
+                 clean_prob: float = 0.0):
         if not images:
             raise InputError("no usable training images (all were unreadable or too small)")
         if crop % 8:
             raise InputError(f"--crop must be a multiple of 8 (the synthesis U-Net halves three times), got {crop}")
-        self.images, self.crop, self.batch, self.seed = images, crop, batch, seed
+        if not 0.0 <= clean_prob <= 1.0:
+            raise InputError(f"clean_prob must lie in [0, 1], got {clean_prob}")
+        self.images, self.crop, self.batch, self.seed, self.clean_prob = images, crop, batch, seed, clean_prob
         self.region = int(round(crop * region_scale))
         small = min(min(im.shape[-2:]) for im in images)
         self.region = max(crop, min(self.region, small))
@@ -95,7 +102,8 @@ class PairSampler:
 
     @classmethod
     def from_folder(cls, root: str | Path, *, crop: int, batch: int, max_side: int = 512, seed: int = 0,
-                    degrade: Degrade | None = None, region_scale: float = 1.5) -> PairSampler:
+                    degrade: Degrade | None = None, region_scale: float = 1.5, clean_prob: float = 0.0
+                    ) -> PairSampler:
         """Load every photo under ``root`` once (short side ≤ ``max_side``) and build a sampler."""
         files = find_images(root)
         images, names = [], []
@@ -106,7 +114,8 @@ class PairSampler:
                 names.append(str(f))
         mb = sum(im.numel() for im in images) / 2 ** 20
         log.info("cached %d training images from %s (%.1f MiB as uint8)", len(images), root, mb)
-        return cls(images, crop=crop, batch=batch, seed=seed, degrade=degrade, region_scale=region_scale, names=names)
+        return cls(images, crop=crop, batch=batch, seed=seed, degrade=degrade, region_scale=region_scale, names=names,
+                   clean_prob=clean_prob)
 
     def generator(self, step: int) -> torch.Generator:
         # one independent stream per (seed, step): resuming needs no sampler state
@@ -114,6 +123,10 @@ class PairSampler:
 
     def _randint(self, high: int, g: torch.Generator) -> int:
         return int(torch.randint(0, high, (1,), generator=g)) if high > 0 else 0
+
+    def _offset(self, g: torch.Generator) -> int:
+        """A crop offset in the region on JPEG's 8-pixel grid."""
+        return 8 * self._randint((self.region - self.crop) // 8 + 1, g)
 
     def sample(self, step: int) -> Batch:
         """The batch for training step ``step`` (same step, same seed → same tensors)."""
@@ -128,10 +141,13 @@ class PairSampler:
             region = im[:, top:top + r, left:left + r].float().div(127.5).sub(1).unsqueeze(0)
             if bool(torch.rand((), generator=g) < 0.5):  # flips add content variety for free
                 region = region.flip(-1)
-            degraded, _ = self.degrade(region, g)
-            degraded = degraded.clamp(-1, 1)
-            t1, l1 = self._randint(r - c + 1, g), self._randint(r - c + 1, g)
-            t2, l2 = self._randint(r - c + 1, g), self._randint(r - c + 1, g)
+            if self.clean_prob and bool(torch.rand((), generator=g) < self.clean_prob):
+                degraded = region
+            else:
+                degraded, _ = self.degrade(region, g)
+                degraded = degraded.clamp(-1, 1)
+            t1, l1 = self._offset(g), self._offset(g)
+            t2, l2 = self._offset(g), self._offset(g)
             xs.append(region[..., t1:t1 + c, l1:l1 + c])
             ys.append(degraded[..., t1:t1 + c, l1:l1 + c])
             ps.append(degraded[..., t2:t2 + c, l2:l2 + c])

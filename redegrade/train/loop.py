@@ -5,8 +5,8 @@ Per step::
     x, y, y_pos ← sampler.sample(step)                      (pure function of seed and step)
     e = encode(y);  ê, bits = quantize(e, "noise")
     ŷ₁, ŷ₂ = synthesize(x, ê, n₁), synthesize(x, ê, n₂)     (two noise draws)
-    L = λ_sim·d(y, ŷ₁) + λ_color·rgbn(y, ŷ₁) + λ_div·divSSIM(ŷ₁, ŷ₂) + λ_contra·MoCo(e_g, y_pos)
-        + λ_g·bits_g + λ_l·bits_l/position + λ_aux·aux + λ_gan·(−D(x, ŷ₁))
+    L = λ_sim·d(y, ŷ₁) + λ_grid·grid(y, ŷ₁) + λ_color·rgbn(y, ŷ₁) + λ_div·divSSIM(ŷ₁, ŷ₂)
+        + λ_contra·MoCo(e_g, y_pos) + λ_g·bits_g + λ_l·bits_l/position + λ_aux·aux + λ_gan·(−D(x, ŷ₁))
     Adam step; MoCo momentum update + enqueue; optional WGAN-GP critic step on detached ŷ₁
 
 Checkpoints (``checkpoint.pt``, atomic) hold config, model, step, optimiser, critic and MoCo state as
@@ -52,6 +52,7 @@ class TrainConfig:
     adam_eps: float = 1e-8         # CDD used 1e-3, which all but freezes encoders whose gradients are ~1e-5
     perceptual: str = "stats"
     lambda_sim: float = 10.0       # CDD degrade_loss 10*dists
+    lambda_grid: float = 1.0       # JPEG blocking pattern (GridLoss; not in CDD, whose DISTS sees blocks)
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0
     lambda_contra: float = 0.1     # CDD: 1e-4 (WQI) … 1.0 (FFHQ); short runs need a visible signal
@@ -70,6 +71,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     max_side: int = 512
+    clean_prob: float = 0.15       # share of undegraded samples (see PairSampler)
+    init: str = ""                 # warm start: redegrader folder or checkpoint (see warm_start)
     pretrained_backbone: bool = True  # for --perceptual lpips
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +100,7 @@ class Trainer:
         self.model.to(self.device).train()
         self.perceptual = L.perceptual(c.perceptual, pretrained_backbone=c.pretrained_backbone, seed=c.seed
                                        ).to(self.device)
+        self.grid = L.GridLoss()
         self.moco = MoCo(self.model.hden, dim=self._dim_g(), queue_size=c.queue, momentum=c.momentum,
                          temperature=c.temperature, seed=c.seed).to(self.device)
         aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
@@ -128,6 +132,7 @@ class Trainer:
         positions = max(1, code.e_l.shape[-1] * code.e_l.shape[-2])
         terms: dict[str, torch.Tensor] = {
             "sim": self.perceptual(y, y_hat),
+            "grid": self.grid(y, y_hat),
             "color": L.color_loss(y, y_hat),
             "rate_g": L.rate_per_position(rate["g"]),
             "rate_l": L.rate_per_position(rate["l"], positions),
@@ -141,7 +146,7 @@ class Trainer:
             terms["contra"], keys = self.moco.loss(code.e_g, y_pos)
         if self.critic is not None:
             terms["gan"] = L.generator_gan_loss(self.critic, x, y_hat)
-        weights = {"sim": c.lambda_sim, "color": c.lambda_color, "rate_g": c.lambda_g, "rate_l": c.lambda_l,
+        weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "color": c.lambda_color, "rate_g": c.lambda_g, "rate_l": c.lambda_l,
                    "aux": c.lambda_aux, "diver": c.lambda_diver, "contra": c.lambda_contra, "gan": c.lambda_gan}
         total = sum(weights[k] * v for k, v in terms.items())
         return total, terms, y_hat, keys
@@ -260,6 +265,11 @@ def train(sampler: PairSampler, config: TrainConfig, out: str | Path, *, resume:
             model = UniversalDegradationModel(ModelConfig.from_dict(state["config"]))
         else:
             model = build_model(config.preset)
+            if config.init:
+                from redegrade.model.io import warm_start
+
+                fresh = warm_start(model, config.init)
+                log.info("warm start from %s; fresh: %s", config.init, ", ".join(fresh) or "none")
     trainer = Trainer(model, config, device)
     if state is not None:
         trainer.load_state_dict(state)

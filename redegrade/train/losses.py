@@ -9,6 +9,8 @@ Every loss takes and compares images in ``[-1,1]`` ``[B,3,H,W]`` and returns a s
 * ``gram`` — the same filter bank compared through per-scale Gram matrices (global texture statistics).
 * ``lpips`` — the ``lpips`` package's VGG LPIPS (needs torchvision's ImageNet VGG16 weights).
 * ``l1`` — plain pixel L1 (punishes a different noise random state; kept as a baseline).
+* :class:`GridLoss` — how edge strength varies across JPEG's 8×8 block grid (blocking), which the
+  windowed statistics above average away.
 * :func:`color_loss` (``rgbn``), :func:`diversity_loss`, :func:`contrastive_loss`, the WGAN-GP pair
   :func:`critic_loss` / :func:`generator_gan_loss`.
 """
@@ -186,6 +188,39 @@ class GramLoss(nn.Module):
         return total / len(fy)
 
 
+class GridLoss(nn.Module):
+    """Blocking as a distribution: |horizontal step| averaged per column phase (col mod 8) and
+    |vertical step| per row phase, per RGB channel, logged and centred over the 8 phases.
+
+    Only the pattern over the grid counts (the overall edge level is the similarity loss's job), so
+    noise and blur leave it flat and JPEG makes the 7|0 boundary stand out. Squared error, because the
+    pattern of a small crop is noisy and a squared error's gradient is unbiased in expectation.
+    Images need H, W multiples of ``period``; the grid is anchored at pixel (0, 0) like JPEG's.
+    """
+
+    def __init__(self, *, period: int = 8, eps: float = 1e-3, scale: float = 10.0):
+        super().__init__()
+        self.period, self.eps, self.scale = period, eps, scale
+
+    def pattern(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 6, period]: centred log mean step per phase (3 channels × horizontal, vertical)."""
+        p = self.period
+        b, c, h, w = x.shape
+        if h % p or w % p:
+            raise ShapeError(f"GridLoss needs H and W multiples of {p}, got {h}×{w}")
+        # the step between phase k and k+1 is credited to phase k; the last column wraps onto zeros
+        dx = F.pad((x[..., 1:] - x[..., :-1]).abs(), (0, 1))
+        dy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
+        cols = dx.view(b, c, h, w // p, p).mean(dim=(2, 3))
+        rows = dy.view(b, c, h // p, p, w).mean(dim=(2, 4))
+        lg = torch.cat([cols, rows], dim=1).add(self.eps).log()
+        return lg - lg.mean(dim=2, keepdim=True)
+
+    def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        _check_pair(y, y_hat)
+        return self.scale * (self.pattern(y) - self.pattern(y_hat)).pow(2).mean()
+
+
 class L1Loss(nn.Module):
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         _check_pair(y, y_hat)
@@ -268,5 +303,5 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 __all__ = ["PERCEPTUAL", "gaussian_blur", "color_loss", "diversity_loss", "contrastive_loss", "rate_per_position",
-           "FilterBank", "StatsLoss", "GramLoss", "L1Loss", "LpipsLoss", "perceptual", "Critic", "critic_loss",
+           "FilterBank", "StatsLoss", "GramLoss", "GridLoss", "L1Loss", "LpipsLoss", "perceptual", "Critic", "critic_loss",
            "generator_gan_loss"]
