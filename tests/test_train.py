@@ -346,3 +346,37 @@ def test_sampler_crops_on_the_jpeg_grid_and_can_leave_samples_clean():
     some = PairSampler(synthetic_images(4, 64, seed=0), crop=16, batch=32, seed=0, clean_prob=0.5).sample(0)
     same = [(some.x[i] == some.y[i]).all().item() for i in range(32)]
     assert 4 < sum(same) < 28
+
+
+def _shift(region, g):
+    d = float(torch.rand((), generator=g)) - 0.5
+    return region + d, {"d": d}
+
+
+def test_pairs_are_two_photos_degraded_alike_and_each_others_positive():
+    imgs = synthetic_images(4, 64, seed=0)
+    s = PairSampler(imgs, crop=16, batch=6, seed=0, degrade=_shift, apply=lambda r, p, g: r + p["d"], pairs=True)
+    b = s.sample(0)
+    assert b.partner.tolist() == [1, 0, 3, 2, 5, 4]
+    assert torch.equal(b.y_pos, b.y[b.partner])
+    shifts = (b.y - b.x).flatten(1).median(dim=1).values  # the median ignores pixels clipped at ±1
+    for k in range(0, 6, 2):
+        assert shifts[k] == pytest.approx(float(shifts[k + 1]), abs=1e-6)
+        assert not torch.equal(b.x[k], b.x[k + 1])
+    assert len({round(float(v), 5) for v in shifts}) == 3
+    with pytest.raises(Exception, match="even batch"):
+        PairSampler(imgs, crop=16, batch=5, seed=0, pairs=True)
+    with pytest.raises(Exception, match="apply"):
+        PairSampler(imgs, crop=16, batch=4, seed=0, degrade=_shift, pairs=True)
+
+
+def test_with_pairs_each_sample_is_synthesised_from_its_partners_code():
+    torch.manual_seed(0)
+    trainer = Trainer(build_model("tiny"), TrainConfig(preset="tiny", lambda_contra=0.0, lambda_diver=0.0))
+    b = _sampler(crop=32, batch=4).sample(0)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    own = trainer.losses(b.x, b.y, b.y_pos, g())[2]
+    same = trainer.losses(b.x, b.y, b.y_pos, g(), torch.arange(4))[2]
+    swapped = trainer.losses(b.x, b.y, b.y_pos, g(), torch.tensor([1, 0, 3, 2]))[2]
+    torch.testing.assert_close(own, same)
+    assert (own - swapped).abs().max() > 1e-4

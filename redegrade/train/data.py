@@ -12,6 +12,11 @@ Crops start at multiples of 8 in the region, so JPEG's block grid stays anchored
 (0, 0), as it is in a JPEG file. With ``clean_prob`` a sample is left undegraded (y = x): the WQI mix
 always blurs or compresses something, and a model that never sees a clean target degrades
 everything a little.
+
+With ``pairs`` the batch is made of pairs (2k, 2k+1): two different photos degraded with the same
+parameters (independent noise fields). The trainer then synthesises each sample from its partner's
+code — exactly what transfer does — so whatever the code carries about the content (brightness,
+texture, a soft-focus background read as blur) costs loss; the partner is also MoCo's positive.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 Degrade = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, dict]]
+Apply = Callable[[torch.Tensor, dict, torch.Generator], torch.Tensor]
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -64,18 +70,12 @@ def load_cached(path: Path, max_side: int, min_side: int) -> torch.Tensor | None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def wqi_degrade() -> Degrade:
-    """The WQI training mix ``redegrade.degradations.wqi.degrade(x, generator) -> (y, params)``."""
-    from redegrade.degradations.wqi import degrade
-
-    return degrade
-
-
 @dataclass
 class Batch:
     x: torch.Tensor      # clean crops [B,3,c,c] in [-1,1]
     y: torch.Tensor      # degraded crops at the same positions
-    y_pos: torch.Tensor  # second crops of the same degraded regions (MoCo positives)
+    y_pos: torch.Tensor  # MoCo positives: the same degradation on other content
+    partner: torch.Tensor | None = None  # [B] index of the sample degraded the same way (pairs only)
 
 
 class PairSampler:
@@ -83,7 +83,7 @@ class PairSampler:
 
     def __init__(self, images: list[torch.Tensor], *, crop: int, batch: int, seed: int = 0,
                  degrade: Degrade | None = None, region_scale: float = 1.5, names: list[str] | None = None,
-                 clean_prob: float = 0.0):
+                 clean_prob: float = 0.0, pairs: bool = False, apply: Apply | None = None):
         if not images:
             raise InputError("no usable training images (all were unreadable or too small)")
         if crop % 8:
@@ -94,7 +94,14 @@ class PairSampler:
         self.region = int(round(crop * region_scale))
         small = min(min(im.shape[-2:]) for im in images)
         self.region = max(crop, min(self.region, small))
-        self.degrade = degrade if degrade is not None else wqi_degrade()
+        if degrade is None:
+            from redegrade.degradations.wqi import WQIMix
+
+            mix = WQIMix()
+            degrade, apply = mix, apply or mix.apply
+        self.degrade, self.apply, self.pairs = degrade, apply, pairs
+        if pairs and (apply is None or batch % 2):
+            raise InputError("pairs need an even batch and a degradation that can re-apply its parameters (apply=)")
         self.names = names or [str(i) for i in range(len(images))]
         # sample images in proportion to their area so big photos are not under-used
         area = torch.tensor([float(im.shape[-1] * im.shape[-2]) for im in images])
@@ -102,8 +109,8 @@ class PairSampler:
 
     @classmethod
     def from_folder(cls, root: str | Path, *, crop: int, batch: int, max_side: int = 512, seed: int = 0,
-                    degrade: Degrade | None = None, region_scale: float = 1.5, clean_prob: float = 0.0
-                    ) -> PairSampler:
+                    degrade: Degrade | None = None, region_scale: float = 1.5, clean_prob: float = 0.0,
+                    pairs: bool = False) -> PairSampler:
         """Load every photo under ``root`` once (short side ≤ ``max_side``) and build a sampler."""
         files = find_images(root)
         images, names = [], []
@@ -115,7 +122,7 @@ class PairSampler:
         mb = sum(im.numel() for im in images) / 2 ** 20
         log.info("cached %d training images from %s (%.1f MiB as uint8)", len(images), root, mb)
         return cls(images, crop=crop, batch=batch, seed=seed, degrade=degrade, region_scale=region_scale, names=names,
-                   clean_prob=clean_prob)
+                   clean_prob=clean_prob, pairs=pairs)
 
     def generator(self, step: int) -> torch.Generator:
         # one independent stream per (seed, step): resuming needs no sampler state
@@ -128,30 +135,49 @@ class PairSampler:
         """A crop offset in the region on JPEG's 8-pixel grid."""
         return 8 * self._randint((self.region - self.crop) // 8 + 1, g)
 
+    def _region(self, i: int, g: torch.Generator) -> torch.Tensor:
+        """A random ``region``² cut of image ``i`` in [-1,1], flipped half the time."""
+        im, r = self.images[i], self.region
+        h, w = im.shape[-2:]
+        top, left = self._randint(h - r + 1, g), self._randint(w - r + 1, g)
+        region = im[:, top:top + r, left:left + r].float().div(127.5).sub(1).unsqueeze(0)
+        if bool(torch.rand((), generator=g) < 0.5):  # flips add content variety for free
+            region = region.flip(-1)
+        return region
+
+    def _crop(self, t: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        return t[..., top:top + self.crop, left:left + self.crop]
+
     def sample(self, step: int) -> Batch:
         """The batch for training step ``step`` (same step, same seed → same tensors)."""
         g = self.generator(step)
         xs, ys, ps = [], [], []
-        r, c = self.region, self.crop
-        idx = torch.multinomial(self.weights, self.batch, replacement=True, generator=g)
-        for i in idx.tolist():
-            im = self.images[i]
-            h, w = im.shape[-2:]
-            top, left = self._randint(h - r + 1, g), self._randint(w - r + 1, g)
-            region = im[:, top:top + r, left:left + r].float().div(127.5).sub(1).unsqueeze(0)
-            if bool(torch.rand((), generator=g) < 0.5):  # flips add content variety for free
-                region = region.flip(-1)
+        groups = self.batch // 2 if self.pairs else self.batch
+        idx = torch.multinomial(self.weights, groups, replacement=True, generator=g).tolist()
+        for i in idx:
+            regions = [self._region(i, g)]
+            if self.pairs:
+                j = int(torch.multinomial(self.weights, 1, generator=g))
+                if j == i and len(self.images) > 1:  # another photo, so content cannot match
+                    j = (i + 1 + self._randint(len(self.images) - 1, g)) % len(self.images)
+                regions.append(self._region(j, g))
             if self.clean_prob and bool(torch.rand((), generator=g) < self.clean_prob):
-                degraded = region
+                degraded = regions
             else:
-                degraded, _ = self.degrade(region, g)
-                degraded = degraded.clamp(-1, 1)
-            t1, l1 = self._offset(g), self._offset(g)
-            t2, l2 = self._offset(g), self._offset(g)
-            xs.append(region[..., t1:t1 + c, l1:l1 + c])
-            ys.append(degraded[..., t1:t1 + c, l1:l1 + c])
-            ps.append(degraded[..., t2:t2 + c, l2:l2 + c])
-        return Batch(torch.cat(xs), torch.cat(ys), torch.cat(ps))
+                first, params = self.degrade(regions[0], g)
+                degraded = [first] + [self.apply(r, params, g) for r in regions[1:]]
+                degraded = [d.clamp(-1, 1) for d in degraded]
+            for region, deg in zip(regions, degraded):
+                t1, l1 = self._offset(g), self._offset(g)
+                t2, l2 = self._offset(g), self._offset(g)
+                xs.append(self._crop(region, t1, l1))
+                ys.append(self._crop(deg, t1, l1))
+                ps.append(self._crop(deg, t2, l2))
+        x, y = torch.cat(xs), torch.cat(ys)
+        if not self.pairs:
+            return Batch(x, y, torch.cat(ps))
+        partner = torch.arange(self.batch) ^ 1
+        return Batch(x, y, y[partner], partner)
 
 
 def synthetic_images(n: int = 4, size: int = 96, seed: int = 0) -> list[torch.Tensor]:
@@ -169,4 +195,4 @@ def synthetic_images(n: int = 4, size: int = 96, seed: int = 0) -> list[torch.Te
     return out
 
 
-__all__ = ["EXTENSIONS", "find_images", "load_cached", "wqi_degrade", "Batch", "PairSampler", "synthetic_images"]
+__all__ = ["EXTENSIONS", "find_images", "load_cached", "Batch", "PairSampler", "synthetic_images"]

@@ -3,7 +3,7 @@
 Per step::
 
     x, y, y_pos ← sampler.sample(step)                      (pure function of seed and step)
-    e = encode(y);  ê, bits = quantize(e, "noise")
+    e = encode(y);  ê, bits = quantize(e, "noise");  with pairs, ê ← ê[partner] (transfer)
     ŷ₁, ŷ₂ = synthesize(x, ê, n₁), synthesize(x, ê, n₂)     (two noise draws)
     L = λ_sim·d(y, ŷ₁) + λ_grid·grid(y, ŷ₁) + λ_color·rgbn(y, ŷ₁) + λ_div·divSSIM(ŷ₁, ŷ₂)
         + λ_contra·MoCo(e_g, y_pos) + λ_g·bits_g + λ_l·bits_l/position + λ_aux·aux + λ_gan·(−D(x, ŷ₁))
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from redegrade.errors import CheckpointError, ConfigError
+from redegrade.model.network import DegradationCode
 from redegrade.files import append_line, atomic_path
 from redegrade.train import losses as L
 from redegrade.train.data import PairSampler
@@ -72,6 +73,7 @@ class TrainConfig:
     log_every: int = 10
     max_side: int = 512
     clean_prob: float = 0.15       # share of undegraded samples (see PairSampler)
+    pairs: bool = True             # train on transfer: each sample synthesised from its partner's code
     init: str = ""                 # warm start: redegrader folder or checkpoint (see warm_start)
     pretrained_backbone: bool = True  # for --perceptual lpips
 
@@ -118,9 +120,13 @@ class Trainer:
         return int(getattr(cfg, "dim_g", 256))
 
     # ----------------------------------------------------------------- one step
-    def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator
+    def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator,
+               partner: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0)."""
+        """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0).
+
+        ``partner`` (pairs of samples degraded alike) makes each sample use its partner's code.
+        """
         c, m = self.config, self.model
         code = m.encode(y)
         # An untrained encoder's codes (std ~0.15) are smaller than the U(±½) quantisation noise, so
@@ -128,6 +134,8 @@ class Trainer:
         # a warm-up without noise lets the codes grow a usable spread first.
         mode = "none" if self.step_count < c.quant_warmup else "noise"
         code_hat, rate = m.quantize(code, mode, generator=g)
+        if partner is not None:
+            code_hat = DegradationCode(code_hat.e_g[partner], code_hat.e_l[partner])
         y_hat = m.synthesize(x, code_hat, m.sample_noise(x, generator=g))
         positions = max(1, code.e_l.shape[-1] * code.e_l.shape[-2])
         terms: dict[str, torch.Tensor] = {
@@ -159,7 +167,8 @@ class Trainer:
         g = torch.Generator().manual_seed((self.config.seed * 7_919 + self.step_count + 1) % (2 ** 63))
         x, y, y_pos = (t.to(self.device) for t in (batch.x, batch.y, batch.y_pos))
         t_data = time.perf_counter() - t0
-        total, terms, y_hat, keys = self.losses(x, y, y_pos, g)
+        partner = batch.partner.to(self.device) if batch.partner is not None else None
+        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner)
         if not torch.isfinite(total):
             raise ConfigError(f"training diverged at step {self.step_count} (loss {float(total)}; terms "
                               f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or a --lambda-*")
