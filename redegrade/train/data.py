@@ -76,6 +76,7 @@ class Batch:
     y: torch.Tensor      # degraded crops at the same positions
     y_pos: torch.Tensor  # MoCo positives: the same degradation on other content
     partner: torch.Tensor | None = None  # [B] index of the sample degraded the same way (pairs only)
+    clean: torch.Tensor | None = None    # [B] bool: y is x, undegraded (see clean_prob)
 
 
 class PairSampler:
@@ -151,7 +152,7 @@ class PairSampler:
     def sample(self, step: int) -> Batch:
         """The batch for training step ``step`` (same step, same seed → same tensors)."""
         g = self.generator(step)
-        xs, ys, ps = [], [], []
+        xs, ys, ps, cl = [], [], [], []
         groups = self.batch // 2 if self.pairs else self.batch
         idx = torch.multinomial(self.weights, groups, replacement=True, generator=g).tolist()
         for i in idx:
@@ -161,7 +162,9 @@ class PairSampler:
                 if j == i and len(self.images) > 1:  # another photo, so content cannot match
                     j = (i + 1 + self._randint(len(self.images) - 1, g)) % len(self.images)
                 regions.append(self._region(j, g))
-            if self.clean_prob and bool(torch.rand((), generator=g) < self.clean_prob):
+            clean = bool(self.clean_prob and torch.rand((), generator=g) < self.clean_prob)
+            cl += [clean] * len(regions)
+            if clean:
                 degraded = regions
             else:
                 first, params = self.degrade(regions[0], g)
@@ -173,11 +176,11 @@ class PairSampler:
                 xs.append(self._crop(region, t1, l1))
                 ys.append(self._crop(deg, t1, l1))
                 ps.append(self._crop(deg, t2, l2))
-        x, y = torch.cat(xs), torch.cat(ys)
+        x, y, clean = torch.cat(xs), torch.cat(ys), torch.tensor(cl)
         if not self.pairs:
-            return Batch(x, y, torch.cat(ps))
+            return Batch(x, y, torch.cat(ps), clean=clean)
         partner = torch.arange(self.batch) ^ 1
-        return Batch(x, y, y[partner], partner)
+        return Batch(x, y, y[partner], partner, clean)
 
 
 def synthetic_images(n: int = 4, size: int = 96, seed: int = 0) -> list[torch.Tensor]:

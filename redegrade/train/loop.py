@@ -5,8 +5,9 @@ Per step::
     x, y, y_pos ← sampler.sample(step)                      (pure function of seed and step)
     e = encode(y);  ê, bits = quantize(e, "noise");  with pairs, ê ← ê[partner] (transfer)
     ŷ₁, ŷ₂ = synthesize(x, ê, n₁), synthesize(x, ê, n₂)     (two noise draws)
-    L = λ_sim·d(y, ŷ₁) + λ_grid·grid(y, ŷ₁) + λ_color·rgbn(y, ŷ₁) + λ_div·divSSIM(ŷ₁, ŷ₂)
-        + λ_contra·MoCo(e_g, y_pos) + λ_g·bits_g + λ_l·bits_l/position + λ_aux·aux + λ_gan·(−D(x, ŷ₁))
+    L = λ_sim·d(y, ŷ₁) + λ_grid·grid(y, ŷ₁) + λ_color·rgbn(y, ŷ₁) + λ_clean·L1(y, ŷ₁)[clean]
+        + λ_div·divSSIM(ŷ₁, ŷ₂) + λ_contra·MoCo(e_g, y_pos) + λ_g·bits_g + λ_l·bits_l/position + λ_aux·aux
+        + λ_gan·(−D(x, ŷ₁))
     Adam step; MoCo momentum update + enqueue; optional WGAN-GP critic step on detached ŷ₁
 
 Checkpoints (``checkpoint.pt``, atomic) hold config, model, step, optimiser, critic and MoCo state as
@@ -73,6 +74,7 @@ class TrainConfig:
     log_every: int = 10
     max_side: int = 512
     clean_prob: float = 0.15       # share of undegraded samples (see PairSampler)
+    lambda_clean: float = 50.0     # pixel L1 on those: with no noise in y, pixels are the right target
     pairs: bool = True             # train on transfer: each sample synthesised from its partner's code
     init: str = ""                 # warm start: redegrader folder or checkpoint (see warm_start)
     pretrained_backbone: bool = True  # for --perceptual lpips
@@ -121,11 +123,13 @@ class Trainer:
 
     # ----------------------------------------------------------------- one step
     def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator,
-               partner: torch.Tensor | None = None
+               partner: torch.Tensor | None = None, clean: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0).
 
-        ``partner`` (pairs of samples degraded alike) makes each sample use its partner's code.
+        ``partner`` (pairs of samples degraded alike) makes each sample use its partner's code; ``clean``
+        marks samples whose target is undegraded, which also get a pixel L1 (per batch sample, so its
+        weight does not depend on how many clean samples a batch happens to hold).
         """
         c, m = self.config, self.model
         code = m.encode(y)
@@ -146,6 +150,9 @@ class Trainer:
             "rate_l": L.rate_per_position(rate["l"], positions),
             "aux": m.aux_loss(),
         }
+        if clean is not None and c.lambda_clean:
+            per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
+            terms["clean"] = (per_sample * clean.to(per_sample)).mean()
         if c.lambda_diver:
             y_hat2 = m.synthesize(x, code_hat, m.sample_noise(x, generator=g))
             terms["diver"] = L.diversity_loss(y_hat, y_hat2)
@@ -154,7 +161,8 @@ class Trainer:
             terms["contra"], keys = self.moco.loss(code.e_g, y_pos)
         if self.critic is not None:
             terms["gan"] = L.generator_gan_loss(self.critic, x, y_hat)
-        weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "color": c.lambda_color, "rate_g": c.lambda_g, "rate_l": c.lambda_l,
+        weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "color": c.lambda_color, "clean": c.lambda_clean,
+                   "rate_g": c.lambda_g, "rate_l": c.lambda_l,
                    "aux": c.lambda_aux, "diver": c.lambda_diver, "contra": c.lambda_contra, "gan": c.lambda_gan}
         total = sum(weights[k] * v for k, v in terms.items())
         return total, terms, y_hat, keys
@@ -167,8 +175,8 @@ class Trainer:
         g = torch.Generator().manual_seed((self.config.seed * 7_919 + self.step_count + 1) % (2 ** 63))
         x, y, y_pos = (t.to(self.device) for t in (batch.x, batch.y, batch.y_pos))
         t_data = time.perf_counter() - t0
-        partner = batch.partner.to(self.device) if batch.partner is not None else None
-        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner)
+        partner, clean = (t.to(self.device) if t is not None else None for t in (batch.partner, batch.clean))
+        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean)
         if not torch.isfinite(total):
             raise ConfigError(f"training diverged at step {self.step_count} (loss {float(total)}; terms "
                               f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or a --lambda-*")

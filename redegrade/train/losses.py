@@ -303,5 +303,5 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 __all__ = ["PERCEPTUAL", "gaussian_blur", "color_loss", "diversity_loss", "contrastive_loss", "rate_per_position",
-           "FilterBank", "StatsLoss", "GramLoss", "GridLoss", "L1Loss", "LpipsLoss", "perceptual", "Critic", "critic_loss",
-           "generator_gan_loss"]
+           "FilterBank", "StatsLoss", "GramLoss", "GridLoss", "L1Loss", "LpipsLoss", "perceptual", "Critic",
+           "critic_loss", "generator_gan_loss"]
