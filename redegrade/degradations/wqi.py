@@ -1,7 +1,7 @@
 """The WQI training mix: CDD's simulated camera degradations, in torch, on the fly.
 
 Applied in a fixed order, each step switched on independently with its probability (tech-facts
-§1.12(a)); JPEG is always last:
+§1.12(a)); JPEG is last, and always applied at CDD's ``jpeg_prob`` = 1:
 
 == ===================== ===== ===========================================================
 #  step                  p     parameters
@@ -51,6 +51,7 @@ class WQIConfig:
     noise_mean_std: float = 0.03
     jpeg_min: int = 30
     jpeg_max: int = 96                 # inclusive
+    jpeg_prob: float = 1.0             # CDD: always; below 1, the other samples end as 8-bit PNG-like images
 
 
 #: CDD's ``config_less_challenging.json``.
@@ -105,7 +106,7 @@ def pink_noise(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
 class WQIMix:
     """Callable ``(x, generator) -> (y, params)`` applying the mix with ``config``.
 
-    ``x`` is ``[1,3,H,W]`` in ``[-1,1]``; ``params`` has one entry per applied step (``"jpeg"`` always).
+    ``x`` is ``[1,3,H,W]`` in ``[-1,1]``; ``params`` has one entry per applied step (``"jpeg"`` unless ``jpeg_prob`` < 1 skipped it).
     The two halves are public too: :meth:`sample` draws the parameters, :meth:`apply` applies a given
     parameter set (drawing only the noise fields), e.g. to degrade two images the same way.
     """
@@ -134,7 +135,9 @@ class WQIMix:
         if _uniform(g) < c.noise_prob:
             # Exponential with mean β by inversion; 1 − U lies in (0, 1], so the log is finite.
             params["gaussian_noise"] = {"std": -c.noise_mean_std * math.log(1.0 - _uniform(g))}
-        params["jpeg"] = {"quality": _randint(g, c.jpeg_min, c.jpeg_max + 1)}
+        # no extra draw at jpeg_prob = 1, so CDD's setting keeps its random stream
+        if c.jpeg_prob >= 1 or _uniform(g) < c.jpeg_prob:
+            params["jpeg"] = {"quality": _randint(g, c.jpeg_min, c.jpeg_max + 1)}
         return params
 
     @torch.no_grad()
@@ -155,6 +158,8 @@ class WQIMix:
         if "gaussian_noise" in params:
             u = u + params["gaussian_noise"]["std"] * torch.randn(u.shape, generator=generator,
                                                                   device=generator.device).to(u)
+        if "jpeg" not in params:
+            return from_unit(u.clamp(0, 1).mul(255).round().div(255))
         return from_unit(decode(encode(u.clamp(0, 1), params["jpeg"]["quality"]), x.device))
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:

@@ -116,16 +116,22 @@ def grid_phase(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
 
 
 class NoiseHead(nn.Module):
-    """Pixel noise ``σ(F, e)·(k∗z)``: a per-pixel, per-channel level read from the last decoder features F
-    and the degradation map e, times three N(0,1) maps z mixed by a learned 3×3 kernel k (colour and
-    spatial correlation). σ starts at ``init_sigma`` everywhere rather than 0, where a statistics loss
-    gives it no gradient; e enters directly so the encoders get a short path to learn the noise level."""
+    """Pixel noise ``σ(F, e)·(k∗z)``: a per-pixel, per-channel level read by a small MLP from the last
+    decoder features F and the degradation map e, times three N(0,1) maps z mixed by a learned 3×3
+    kernel k (colour and spatial correlation).
+
+    σ is the MLP's *linear* output (its sign is irrelevant: z is symmetric), so the gradient does not
+    vanish as σ → 0; with σ = exp(·) or softplus(·) it does, and early training drove σ to ≈0 for
+    every input before the encoders had learnt the noise level. σ starts at ``init_sigma`` everywhere.
+    """
 
     def __init__(self, channels: int, map_channels: int, init_sigma: float = 0.02):
         super().__init__()
-        self.log_sigma = nn.Conv2d(channels + map_channels, 3, 1)
-        nn.init.zeros_(self.log_sigma.weight)
-        nn.init.constant_(self.log_sigma.bias, math.log(init_sigma))
+        hidden = channels
+        self.sigma = nn.Sequential(nn.Conv2d(channels + map_channels, hidden, 1), nn.LeakyReLU(0.1),
+                                   nn.Conv2d(hidden, 3, 1))
+        nn.init.zeros_(self.sigma[2].weight)
+        nn.init.constant_(self.sigma[2].bias, init_sigma)
         self.mix = nn.Conv2d(3, 3, 3, padding=1, bias=False)
         with torch.no_grad():
             self.mix.weight.zero_()
@@ -133,9 +139,9 @@ class NoiseHead(nn.Module):
 
     def forward(self, feat: torch.Tensor, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         e_full = F.interpolate(e, size=feat.shape[-2:], mode="bilinear", align_corners=True)
-        # σ ≤ 1 (half the [-1,1] range) keeps an early bad step from blowing the output up
-        log_sigma = self.log_sigma(torch.cat([feat, e_full], dim=1)).clamp(max=0)
-        return log_sigma.exp() * self.mix(z.to(feat.dtype))
+        # |σ| ≤ 1 (half the [-1,1] range) keeps an early bad step from blowing the output up
+        sigma = self.sigma(torch.cat([feat, e_full], dim=1)).clamp(-1, 1)
+        return sigma * self.mix(z.to(feat.dtype))
 
 
 class ResidualMLP(nn.Module):

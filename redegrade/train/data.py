@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from redegrade.degradations.wqi import WQIConfig
 from redegrade.errors import InputError
 from redegrade.image import shrink_short_side
 
@@ -84,7 +85,8 @@ class PairSampler:
 
     def __init__(self, images: list[torch.Tensor], *, crop: int, batch: int, seed: int = 0,
                  degrade: Degrade | None = None, region_scale: float = 1.5, names: list[str] | None = None,
-                 clean_prob: float = 0.0, pairs: bool = False, apply: Apply | None = None):
+                 clean_prob: float = 0.0, pairs: bool = False, apply: Apply | None = None,
+                 wqi: WQIConfig | None = None):
         if not images:
             raise InputError("no usable training images (all were unreadable or too small)")
         if crop % 8:
@@ -98,7 +100,7 @@ class PairSampler:
         if degrade is None:
             from redegrade.degradations.wqi import WQIMix
 
-            mix = WQIMix()
+            mix = WQIMix(wqi)
             degrade, apply = mix, apply or mix.apply
         self.degrade, self.apply, self.pairs = degrade, apply, pairs
         if pairs and (apply is None or batch % 2):
@@ -111,7 +113,7 @@ class PairSampler:
     @classmethod
     def from_folder(cls, root: str | Path, *, crop: int, batch: int, max_side: int = 512, seed: int = 0,
                     degrade: Degrade | None = None, region_scale: float = 1.5, clean_prob: float = 0.0,
-                    pairs: bool = False) -> PairSampler:
+                    pairs: bool = False, wqi: WQIConfig | None = None) -> PairSampler:
         """Load every photo under ``root`` once (short side ≤ ``max_side``) and build a sampler."""
         files = find_images(root)
         images, names = [], []
@@ -123,7 +125,7 @@ class PairSampler:
         mb = sum(im.numel() for im in images) / 2 ** 20
         log.info("cached %d training images from %s (%.1f MiB as uint8)", len(images), root, mb)
         return cls(images, crop=crop, batch=batch, seed=seed, degrade=degrade, region_scale=region_scale, names=names,
-                   clean_prob=clean_prob, pairs=pairs)
+                   clean_prob=clean_prob, pairs=pairs, wqi=wqi)
 
     def generator(self, step: int) -> torch.Generator:
         # one independent stream per (seed, step): resuming needs no sampler state

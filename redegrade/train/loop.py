@@ -75,6 +75,7 @@ class TrainConfig:
     max_side: int = 512
     clean_prob: float = 0.15       # share of undegraded samples (see PairSampler)
     lambda_clean: float = 50.0     # pixel L1 on those: with no noise in y, pixels are the right target
+    jpeg_prob: float = 0.7         # WQI mix: CDD always compresses; noise a test sees is often not JPEG'd
     pairs: bool = True             # train on transfer: each sample synthesised from its partner's code
     init: str = ""                 # warm start: redegrader folder or checkpoint (see warm_start)
     pretrained_backbone: bool = True  # for --perceptual lpips
