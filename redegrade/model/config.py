@@ -33,6 +33,9 @@ class ModelConfig:
     """Residual MLP blocks in the e_g entropy model's head (before quantisation) and tail (after)."""
     quant_step_l: float = 1.0
     """Quantisation step of e_l (which lives in [0,1]); 1.0 is compressai's integer grid as in CDD."""
+    quant_step_g: float = 1.0
+    """Quantisation step of e_g after its entropy head (CDD: 1.0). A briefly trained model's codes are
+    far smaller than 1, round to one value for every input and carry nothing; a finer step keeps them."""
     global_residual: bool = False
     """Add x to the U-Net output (ŷ = x + f(x)). Not in CDD; helps small models start at identity."""
     noise_head: bool = False
@@ -81,8 +84,8 @@ class ModelConfig:
         for k in ("dim_g", "c_l", "map_channels", "enc_width"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
-        if self.entropy_mlp_layers < 0 or not self.quant_step_l > 0:
-            raise ConfigError("entropy_mlp_layers must be ≥ 0 and quant_step_l > 0")
+        if self.entropy_mlp_layers < 0 or not self.quant_step_l > 0 or not self.quant_step_g > 0:
+            raise ConfigError("entropy_mlp_layers must be ≥ 0 and the quantisation steps > 0")
 
     def noise_levels(self) -> list[int]:
         """Resolution level (0 = H, 1 = H/2, 2 = H/4) of each noise map: SFT layers in order, then the
@@ -99,7 +102,7 @@ class ModelConfig:
 _PRESETS = {
     "paper": ModelConfig(),
     "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
-                         noise_head=True, grid_phase=True),
+                         noise_head=True, grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         global_residual=True),
 }

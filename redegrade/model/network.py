@@ -84,7 +84,7 @@ class UniversalDegradationModel(nn.Module):
         self.config = config = config or ModelConfig()
         self.hden = HDEN(width=config.enc_width, dim_g=config.dim_g, kernel=config.enc_kernel)
         self.iden = IDEN(width=config.enc_width, c_l=config.c_l, kernel=config.enc_kernel)
-        self.entropy_g = CodeEntropyModel(config.dim_g, mlp_layers=config.entropy_mlp_layers)
+        self.entropy_g = CodeEntropyModel(config.dim_g, mlp_layers=config.entropy_mlp_layers, step=config.quant_step_g)
         self.entropy_l = CodeEntropyModel(config.c_l, step=config.quant_step_l)
         self.fusion = MapFusion(config)
         self.synthesis = SynthesisUNet(config)
