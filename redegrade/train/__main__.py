@@ -49,6 +49,10 @@ D = TrainConfig()
               help="Weight of the pixel L1 on undegraded samples (they hold no noise, so pixels are fair).")
 @click.option("--jpeg-prob", type=click.FloatRange(0, 1), default=D.jpeg_prob,
               help="Share of WQI samples that end with JPEG (CDD: 1); the rest end as 8-bit images.")
+@click.option("--noise-prob", type=click.FloatRange(0, 1), default=D.noise_prob,
+              help="WQI: probability of Gaussian noise (CDD 0.4; few of its samples end visibly noisy).")
+@click.option("--noise-std", type=click.FloatRange(0, min_open=True), default=D.noise_std,
+              help="WQI: mean of the exponentially distributed noise std, in [0,1] units (CDD 0.03).")
 @click.option("--pairs/--no-pairs", default=D.pairs,
               help="Batch of photo pairs degraded alike, each synthesised from its partner's code (trains "
                    "transfer, keeps content out of the code); off: CDD's own-code reproduction.")
@@ -78,7 +82,7 @@ D = TrainConfig()
 @user_errors
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
-         lambda_grid: float, clean_prob: float, lambda_clean: float, jpeg_prob: float, pairs: bool, init: Path | None,
+         lambda_grid: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float, jpeg_prob: float, pairs: bool, init: Path | None,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
          lambda_gan: float,
@@ -104,13 +108,15 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
     dev = resolve_device(device)
     config = TrainConfig(preset=preset, steps=steps, batch=batch, crop=crop, lr=lr, lr_aux=lr_aux, adam_eps=adam_eps,
                          perceptual=perceptual, lambda_sim=lambda_sim, lambda_grid=lambda_grid,
-                         clean_prob=clean_prob, lambda_clean=lambda_clean, jpeg_prob=jpeg_prob, pairs=pairs, init=str(init or ""),
+                         clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std, jpeg_prob=jpeg_prob,
+                         pairs=pairs, init=str(init or ""),
                          lambda_color=lambda_color,
                          lambda_diver=lambda_diver, lambda_contra=lambda_contra, lambda_l=lambda_l, lambda_g=lambda_g,
                          lambda_aux=lambda_aux, quant_warmup=quant_warmup, gan=gan, lambda_gan=lambda_gan, seed=seed,
                          checkpoint_every=checkpoint_every, log_every=log_every, max_side=max_side)
     sampler = PairSampler.from_folder(data, crop=crop, batch=batch, max_side=max_side, seed=seed,
-                                      clean_prob=clean_prob, pairs=pairs, wqi=WQIConfig(jpeg_prob=jpeg_prob))
+                                      clean_prob=clean_prob, pairs=pairs, wqi=WQIConfig(
+                                          jpeg_prob=jpeg_prob, noise_prob=noise_prob, noise_mean_std=noise_std))
     trainer = train(sampler, config, out, resume=resume, device=dev, progress=progress,
                     max_minutes=max_minutes)
     log.info("done: %d steps; checkpoint %s, inference folder %s", trainer.step_count, out / "checkpoint.pt",

@@ -75,6 +75,8 @@ class TrainConfig:
     max_side: int = 512
     clean_prob: float = 0.15       # share of undegraded samples (see PairSampler)
     lambda_clean: float = 50.0     # pixel L1 on those: with no noise in y, pixels are the right target
+    noise_prob: float = 0.4        # WQI Gaussian-noise probability (CDD 0.4)
+    noise_std: float = 0.03        # WQI mean noise std, [0,1] units (CDD 0.03)
     jpeg_prob: float = 0.7         # WQI mix: CDD always compresses; noise a test sees is often not JPEG'd
     pairs: bool = True             # train on transfer: each sample synthesised from its partner's code
     init: str = ""                 # warm start: redegrader folder or checkpoint (see warm_start)
