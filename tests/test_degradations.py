@@ -341,3 +341,18 @@ def test_wqi_rejects_batches():
         wqi.degrade(grey(.5, 16).repeat(2, 1, 1, 1), torch.Generator())
     y, ps = wqi.degrade_batch(grey(.5, 16).repeat(2, 1, 1, 1), torch.Generator().manual_seed(0))
     assert y.shape == (2, 3, 16, 16) and len(ps) == 2
+
+
+def test_wqi_jpeg_prob_skips_jpeg_but_keeps_8_bit_and_cdds_stream(face):
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert wqi.WQIMix().sample(g()) == wqi.WQIMix(wqi.WQIConfig(jpeg_prob=1.0)).sample(g())
+    never = wqi.WQIMix(wqi.WQIConfig(jpeg_prob=0.0))
+    p = never.sample(g())
+    assert "jpeg" not in p
+    y = never.apply(face, p, g())
+    levels = (y + 1) / 2 * 255
+    torch.testing.assert_close(levels, levels.round(), atol=1e-3, rtol=0)
+    some = wqi.WQIMix(wqi.WQIConfig(jpeg_prob=0.5))
+    gen = g()
+    share = sum("jpeg" in some.sample(gen) for _ in range(400)) / 400
+    assert 0.4 < share < 0.6
