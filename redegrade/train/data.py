@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from redegrade.degradations.wqi import WQIConfig
+from redegrade.degradations.wqi import WQIConfig, WQIMix
 from redegrade.errors import InputError
 from redegrade.image import shrink_short_side
 
@@ -98,8 +98,6 @@ class PairSampler:
         small = min(min(im.shape[-2:]) for im in images)
         self.region = max(crop, min(self.region, small))
         if degrade is None:
-            from redegrade.degradations.wqi import WQIMix
-
             mix = WQIMix(wqi)
             degrade, apply = mix, apply or mix.apply
         self.degrade, self.apply, self.pairs = degrade, apply, pairs
