@@ -8,10 +8,8 @@ import click
 import torch
 
 from redegrade.cli import setup_logging, user_errors
-from redegrade.degradations.wqi import WQIConfig
 from redegrade.settings import resolve_device
-from redegrade.train.data import PairSampler
-from redegrade.train.loop import TrainConfig, train
+from redegrade.train.loop import TrainConfig, sampler_for, train
 from redegrade.train.losses import PERCEPTUAL
 
 log = logging.getLogger("redegrade.train")
@@ -82,7 +80,8 @@ D = TrainConfig()
 @user_errors
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
-         lambda_grid: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float, jpeg_prob: float, pairs: bool, init: Path | None,
+         lambda_grid: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
+         jpeg_prob: float, pairs: bool, init: Path | None,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
          lambda_gan: float,
@@ -108,15 +107,14 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
     dev = resolve_device(device)
     config = TrainConfig(preset=preset, steps=steps, batch=batch, crop=crop, lr=lr, lr_aux=lr_aux, adam_eps=adam_eps,
                          perceptual=perceptual, lambda_sim=lambda_sim, lambda_grid=lambda_grid,
-                         clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std, jpeg_prob=jpeg_prob,
+                         clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std,
+                         jpeg_prob=jpeg_prob,
                          pairs=pairs, init=str(init or ""),
                          lambda_color=lambda_color,
                          lambda_diver=lambda_diver, lambda_contra=lambda_contra, lambda_l=lambda_l, lambda_g=lambda_g,
                          lambda_aux=lambda_aux, quant_warmup=quant_warmup, gan=gan, lambda_gan=lambda_gan, seed=seed,
                          checkpoint_every=checkpoint_every, log_every=log_every, max_side=max_side)
-    sampler = PairSampler.from_folder(data, crop=crop, batch=batch, max_side=max_side, seed=seed,
-                                      clean_prob=clean_prob, pairs=pairs, wqi=WQIConfig(
-                                          jpeg_prob=jpeg_prob, noise_prob=noise_prob, noise_mean_std=noise_std))
+    sampler = sampler_for(data, config)
     trainer = train(sampler, config, out, resume=resume, device=dev, progress=progress,
                     max_minutes=max_minutes)
     log.info("done: %d steps; checkpoint %s, inference folder %s", trainer.step_count, out / "checkpoint.pt",

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from redegrade.degradations.wqi import WQIConfig
 from redegrade.errors import CheckpointError, ConfigError
-from redegrade.model.network import DegradationCode
 from redegrade.files import append_line, atomic_path
+from redegrade.model.network import DegradationCode
 from redegrade.train import losses as L
 from redegrade.train.data import PairSampler
 from redegrade.train.moco import MoCo
@@ -238,6 +239,13 @@ class Trainer:
         return Path(path)
 
 
+def sampler_for(data: str | Path, config: TrainConfig) -> PairSampler:
+    """The training-pair sampler ``config`` describes, over the photos under ``data``."""
+    wqi = WQIConfig(jpeg_prob=config.jpeg_prob, noise_prob=config.noise_prob, noise_mean_std=config.noise_std)
+    return PairSampler.from_folder(data, crop=config.crop, batch=config.batch, max_side=config.max_side,
+                                   seed=config.seed, clean_prob=config.clean_prob, pairs=config.pairs, wqi=wqi)
+
+
 def build_model(preset: str) -> nn.Module:
     from redegrade.model import ModelConfig, UniversalDegradationModel
 
@@ -344,5 +352,5 @@ def steps_per_second(trainer: Trainer, sampler: PairSampler, n: int = 3) -> floa
     return n / (time.perf_counter() - t0)
 
 
-__all__ = ["TrainConfig", "Trainer", "train", "build_model", "load_checkpoint", "export", "steps_per_second",
-           "CHECKPOINT", "LOG_FILE"]
+__all__ = ["TrainConfig", "Trainer", "train", "sampler_for", "build_model", "load_checkpoint", "export",
+           "steps_per_second", "CHECKPOINT", "LOG_FILE"]
