@@ -307,11 +307,7 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def test_grid_loss_sees_jpeg_blocking_but_not_noise_or_blur():
-    import skimage.data
-
-    # 64² crops of three photos at their own resolution (a downscaled photo is too busy for 8×8 blocks)
-    x = torch.cat([torch.tensor(getattr(skimage.data, n)()[100:164, 200:264]).permute(2, 0, 1)[None]
-                   for n in ("astronaut", "coffee", "chelsea")]).float() / 127.5 - 1
+    x = _photo_crops()
     g = torch.Generator().manual_seed(0)
     grid = L.GridLoss()
     blocky = {q: float(grid(_jpeg(x, q), x)) for q in (20, 50, 90)}
@@ -324,6 +320,33 @@ def test_grid_loss_sees_jpeg_blocking_but_not_noise_or_blur():
     assert float(grid(y.roll(4, dims=-1), y)) > 0.5 * blocky[20]
     with pytest.raises(Exception, match="multiples of 8"):
         grid(x[..., :60], x[..., :60])
+
+
+def _photo_crops() -> torch.Tensor:
+    import skimage.data
+
+    # 64² crops of three photos at their own resolution (a downscaled photo is too busy for 8×8 blocks)
+    return torch.cat([torch.tensor(getattr(skimage.data, n)()[100:164, 200:264]).permute(2, 0, 1)[None]
+                      for n in ("astronaut", "coffee", "chelsea")]).float() / 127.5 - 1
+
+
+def test_quality_loss_asks_for_noise_at_zero_amplitude_and_names_each_degradation():
+    x = _photo_crops()
+    g = torch.Generator().manual_seed(0)
+    q = L.QualityLoss()
+    assert float(q(x, x)) == 0.0
+    noisy = x + 2 * 0.05 * torch.randn(x.shape, generator=g)
+    # the output x + a·z of a model that does not synthesise noise yet: the loss must pull a up from 0
+    z = torch.randn(x.shape, generator=g)
+    a = torch.tensor(1e-3, requires_grad=True)
+    q(noisy, x + a * z).backward()
+    assert float(a.grad) < 0
+    # each degradation shows up mainly in its own term
+    terms = {name: q.terms(y, x) for name, y in
+             (("noise", noisy), ("blur", L.gaussian_blur(x, 9, 2.0)), ("jpeg", _jpeg(x, 20)))}
+    assert float(terms["noise"]["noise"]) > 1 and float(terms["noise"]["blockiness"]) < 0.01
+    assert float(terms["blur"]["sharpness"]) > 1 and float(terms["blur"]["blockiness"]) < 0.01
+    assert float(terms["jpeg"]["blockiness"]) > 10 * float(terms["noise"]["blockiness"])
 
 
 def test_sampler_crops_on_the_jpeg_grid_and_can_leave_samples_clean():

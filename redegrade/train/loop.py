@@ -5,7 +5,7 @@ Per step::
     x, y, y_pos ← sampler.sample(step)                      (pure function of seed and step)
     e = encode(y);  ê, bits = quantize(e, "noise");  with pairs, ê ← ê[partner] (transfer)
     ŷ₁, ŷ₂ = synthesize(x, ê, n₁), synthesize(x, ê, n₂)     (two noise draws)
-    L = λ_sim·d(y, ŷ₁) + λ_grid·grid(y, ŷ₁) + λ_color·rgbn(y, ŷ₁) + λ_clean·L1(y, ŷ₁)[clean]
+    L = λ_sim·d(y, ŷ₁) + λ_grid·grid(y, ŷ₁) + λ_q·quality(y, ŷ₁) + λ_color·rgbn(y, ŷ₁) + λ_clean·L1(y, ŷ₁)[clean]
         + λ_div·divSSIM(ŷ₁, ŷ₂) + λ_contra·MoCo(e_g, y_pos) + λ_g·bits_g + λ_l·bits_l/position + λ_aux·aux
         + λ_gan·(−D(x, ŷ₁))
     Adam step; MoCo momentum update + enqueue; optional WGAN-GP critic step on detached ŷ₁
@@ -56,6 +56,7 @@ class TrainConfig:
     perceptual: str = "stats"
     lambda_sim: float = 10.0       # CDD degrade_loss 10*dists
     lambda_grid: float = 1.0       # JPEG blocking pattern (GridLoss; not in CDD, whose DISTS sees blocks)
+    lambda_quality: float = 1.0    # per-image noise/sharpness/blockiness match (QualityLoss; not in CDD)
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0
     lambda_contra: float = 0.1     # CDD: 1e-4 (WQI) … 1.0 (FFHQ); short runs need a visible signal
@@ -109,6 +110,7 @@ class Trainer:
         self.perceptual = L.perceptual(c.perceptual, pretrained_backbone=c.pretrained_backbone, seed=c.seed
                                        ).to(self.device)
         self.grid = L.GridLoss()
+        self.quality = L.QualityLoss()
         self.moco = MoCo(self.model.hden, dim=self._dim_g(), queue_size=c.queue, momentum=c.momentum,
                          temperature=c.temperature, seed=c.seed).to(self.device)
         aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
@@ -149,6 +151,7 @@ class Trainer:
         terms: dict[str, torch.Tensor] = {
             "sim": self.perceptual(y, y_hat),
             "grid": self.grid(y, y_hat),
+            "quality": self.quality(y, y_hat),
             "color": L.color_loss(y, y_hat),
             "rate_g": L.rate_per_position(rate["g"]),
             "rate_l": L.rate_per_position(rate["l"], positions),
@@ -165,7 +168,7 @@ class Trainer:
             terms["contra"], keys = self.moco.loss(code.e_g, y_pos)
         if self.critic is not None:
             terms["gan"] = L.generator_gan_loss(self.critic, x, y_hat)
-        weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "color": c.lambda_color, "clean": c.lambda_clean,
+        weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "color": c.lambda_color, "clean": c.lambda_clean,
                    "rate_g": c.lambda_g, "rate_l": c.lambda_l,
                    "aux": c.lambda_aux, "diver": c.lambda_diver, "contra": c.lambda_contra, "gan": c.lambda_gan}
         total = sum(weights[k] * v for k, v in terms.items())

@@ -11,6 +11,9 @@ Every loss takes and compares images in ``[-1,1]`` ``[B,3,H,W]`` and returns a s
 * ``l1`` — plain pixel L1 (punishes a different noise random state; kept as a baseline).
 * :class:`GridLoss` — how edge strength varies across JPEG's 8×8 block grid (blocking), which the
   windowed statistics above average away.
+* :class:`QualityLoss` — the three no-reference statistics transfer is judged by (noise level, sharpness,
+  blockiness; :mod:`redegrade.quality`), matched per image on a log scale. They are first order in
+  an added noise's amplitude where the similarity losses are second order (see the class).
 * :func:`color_loss` (``rgbn``), :func:`diversity_loss`, :func:`contrastive_loss`, the WGAN-GP pair
   :func:`critic_loss` / :func:`generator_gan_loss`.
 """
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from redegrade.errors import ConfigError, ShapeError
+from redegrade.quality import blockiness, haar_hh, sharpness, to_unit
 
 PERCEPTUAL = ("stats", "gram", "lpips", "l1")
 
@@ -221,6 +225,42 @@ class GridLoss(nn.Module):
         return self.scale * (self.pattern(y) - self.pattern(y_hat)).pow(2).mean()
 
 
+class QualityLoss(nn.Module):
+    """Squared log-ratios of per-image noise level, sharpness and blockiness (``quality``'s statistics).
+
+    Why: adding noise σ·z to an output changes a windowed mean/variance comparison only at second
+    order in σ, so at σ ≈ 0 those losses give the noise amplitude no gradient and a model never starts
+    to synthesise noise. The noise statistic here is the mean of the smaller half of |HH| (finest Haar
+    diagonal band, per channel): in flat regions |HH(x + σz)| = σ|HH(z)|, first order in σ, and, like
+    Donoho's median it trims, edges do not count as noise. Sharpness is the Laplacian variance of the
+    luma; blockiness the boundary/interior step ratio on the grid anchored at (0, 0) (crops are
+    aligned to it). Each term is ``(log s(y) − log s(ŷ))²``, averaged over images.
+    """
+
+    def __init__(self, *, eps: float = 1e-4):
+        super().__init__()
+        self.eps = eps
+
+    @staticmethod
+    def noise(x: torch.Tensor) -> torch.Tensor:
+        """Per-image robust noise statistic ``[B]``: mean of the smaller half of |HH| per channel."""
+        hh = haar_hh(to_unit(x)).abs().flatten(2)
+        low = hh.topk(hh.shape[-1] // 2, dim=-1, largest=False).values
+        return low.mean(dim=(1, 2))
+
+    def terms(self, y: torch.Tensor, y_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three squared log-ratios, each averaged over the batch."""
+        _check_pair(y, y_hat)
+        out = {}
+        for name, stat in (("noise", self.noise), ("sharpness", sharpness),
+                           ("blockiness", lambda t: blockiness(t, any_phase=False))):
+            out[name] = ((stat(y) + self.eps).log() - (stat(y_hat) + self.eps).log()).pow(2).mean()
+        return out
+
+    def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        return sum(self.terms(y, y_hat).values()) / 3
+
+
 class L1Loss(nn.Module):
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         _check_pair(y, y_hat)
@@ -303,5 +343,5 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 __all__ = ["PERCEPTUAL", "gaussian_blur", "color_loss", "diversity_loss", "contrastive_loss", "rate_per_position",
-           "FilterBank", "StatsLoss", "GramLoss", "GridLoss", "L1Loss", "LpipsLoss", "perceptual", "Critic",
+           "FilterBank", "StatsLoss", "GramLoss", "GridLoss", "QualityLoss", "L1Loss", "LpipsLoss", "perceptual", "Critic",
            "critic_loss", "generator_gan_loss"]
