@@ -47,6 +47,8 @@ D = TrainConfig()
               help="Share of samples left undegraded, so a clean source maps to (nearly) the identity.")
 @click.option("--lambda-clean", type=float, default=D.lambda_clean,
               help="Weight of the pixel L1 on undegraded samples (they hold no noise, so pixels are fair).")
+@click.option("--jpeg-min", type=click.IntRange(1, 96), default=D.jpeg_min,
+              help="Lowest JPEG quality of the WQI mix (CDD 30; lower shows heavier blocking).")
 @click.option("--jpeg-prob", type=click.FloatRange(0, 1), default=D.jpeg_prob,
               help="Share of WQI samples that end with JPEG (CDD: 1); the rest end as 8-bit images.")
 @click.option("--noise-prob", type=click.FloatRange(0, 1), default=D.noise_prob,
@@ -83,7 +85,7 @@ D = TrainConfig()
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
          lambda_grid: float, lambda_quality: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
-         jpeg_prob: float, pairs: bool, init: Path | None,
+         jpeg_prob: float, jpeg_min: int, pairs: bool, init: Path | None,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
          lambda_gan: float,
@@ -111,7 +113,7 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
                          perceptual=perceptual, lambda_sim=lambda_sim, lambda_grid=lambda_grid,
                          lambda_quality=lambda_quality,
                          clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std,
-                         jpeg_prob=jpeg_prob,
+                         jpeg_prob=jpeg_prob, jpeg_min=jpeg_min,
                          pairs=pairs, init=str(init or ""),
                          lambda_color=lambda_color,
                          lambda_diver=lambda_diver, lambda_contra=lambda_contra, lambda_l=lambda_l, lambda_g=lambda_g,

@@ -80,6 +80,7 @@ class TrainConfig:
     noise_prob: float = 0.4        # WQI Gaussian-noise probability (CDD 0.4)
     noise_std: float = 0.03        # WQI mean noise std, [0,1] units (CDD 0.03)
     jpeg_prob: float = 0.7         # WQI mix: CDD always compresses; noise a test sees is often not JPEG'd
+    jpeg_min: int = 30             # lowest WQI JPEG quality (CDD 30)
     pairs: bool = True             # train on transfer: each sample synthesised from its partner's code
     init: str = ""                 # warm start: redegrader folder or checkpoint (see warm_start)
     pretrained_backbone: bool = True  # for --perceptual lpips
@@ -244,7 +245,7 @@ class Trainer:
 
 def sampler_for(data: str | Path, config: TrainConfig) -> PairSampler:
     """The training-pair sampler ``config`` describes, over the photos under ``data``."""
-    wqi = WQIConfig(jpeg_prob=config.jpeg_prob, noise_prob=config.noise_prob, noise_mean_std=config.noise_std)
+    wqi = WQIConfig(jpeg_prob=config.jpeg_prob, jpeg_min=config.jpeg_min, noise_prob=config.noise_prob, noise_mean_std=config.noise_std)
     return PairSampler.from_folder(data, crop=config.crop, batch=config.batch, max_side=config.max_side,
                                    seed=config.seed, clean_prob=config.clean_prob, pairs=config.pairs, wqi=wqi)
 
