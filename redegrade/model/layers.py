@@ -120,9 +120,10 @@ class NoiseHead(nn.Module):
     decoder features F and the degradation map e, times three N(0,1) maps z mixed by a learned 3×3
     kernel k (colour and spatial correlation).
 
-    σ is the MLP's *linear* output (its sign is irrelevant: z is symmetric), so the gradient does not
-    vanish as σ → 0; with σ = exp(·) or softplus(·) it does, and early training drove σ to ≈0 for
-    every input before the encoders had learnt the noise level. σ starts at ``init_sigma`` everywhere.
+    σ is the MLP's *linear* output (its sign is irrelevant: z is symmetric); σ = exp(·) or softplus(·)
+    drove σ to ≈0 for every input before the encoders had learnt the noise level. Even linear, the
+    windowed-statistics losses are second order in σ near 0, so it is ``QualityLoss`` (first order)
+    that makes the head add noise. σ starts at ``init_sigma`` everywhere.
     """
 
     def __init__(self, channels: int, map_channels: int, init_sigma: float = 0.02):
