@@ -126,6 +126,17 @@ def test_folder_loading_downscales_and_skips_small_images(tmp_path):
     assert all(im.dtype == torch.uint8 for im in s.images)
 
 
+def test_sampler_for_builds_the_wqi_mix_the_config_records(tmp_path):
+    from redegrade.train.loop import sampler_for
+
+    Image.new("RGB", (96, 96), (10, 200, 30)).save(tmp_path / "a.png")
+    cfg = TrainConfig(crop=32, batch=4, jpeg_min=10, jpeg_prob=0.5, noise_prob=0.9, noise_std=0.05, clean_prob=0.2)
+    s = sampler_for(tmp_path, cfg)
+    wqi = s.degrade.config
+    assert (wqi.jpeg_min, wqi.jpeg_prob, wqi.noise_prob, wqi.noise_mean_std) == (10, 0.5, 0.9, 0.05)
+    assert (s.crop, s.batch, s.clean_prob, s.pairs) == (32, 4, 0.2, True)
+
+
 # ------------------------------------------------------------------------------------------ loop
 class _FixedBatch:
     """A sampler that always returns the same batch (training on it must lower its losses)."""
