@@ -225,8 +225,9 @@ def _with(**kw) -> UniversalDegradationModel:
     return UniversalDegradationModel(ModelConfig.from_dict(cfg.to_dict())).eval()
 
 
-def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_level():
-    m = _with(noise_head=True)
+@pytest.mark.parametrize("noise_sigma", ["linear", "softplus"])
+def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_level(noise_sigma):
+    m = _with(noise_head=True, noise_sigma=noise_sigma)
     base = _with()
     assert m.num_noise == base.num_noise + 3
     assert m.noise_shapes(32, 16)[-3:] == [(32, 16)] * 3
@@ -240,10 +241,38 @@ def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_leve
     assert 0.01 < float(diff.std()) / 2 ** 0.5 < 0.04
     m.synthesize(x, code, noise).square().mean().backward()
     head = m.synthesis.noise_head
+    mlp = head.level if noise_sigma == "softplus" else head.sigma
     # the level's last layer (zero at init, so the hidden layer waits for it) and the colour kernel learn
-    for p in (head.sigma[2].weight, head.sigma[2].bias, head.mix.weight):
+    for p in (mlp[2].weight, mlp[2].bias, head.mix.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
     m.zero_grad(set_to_none=True)
+
+
+def test_positive_noise_head_learns_a_noisy_targets_level_from_the_quality_loss():
+    from redegrade.quality import noise_level
+    from redegrade.train.losses import QualityLoss
+
+    m = _with(noise_head=True, noise_sigma="softplus").train()
+    head = m.synthesis.noise_head
+    x = torch.nn.functional.interpolate(_img(2, 4, 4), size=(32, 32), mode="bilinear")  # smooth
+    target = (x + 2 * 0.08 * torch.randn(x.shape, generator=_gen(3))).clamp(-1, 1)
+    code = m.encode(x).detach()
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    loss = QualityLoss()
+    for step in range(40):
+        out = m.synthesize(x, code, m.sample_noise(x, _gen(10 + step)))
+        opt.zero_grad()
+        loss(target, out).backward()
+        opt.step()
+    with torch.no_grad():
+        out = m.synthesize(x, code, m.sample_noise(x, _gen(99)))
+    before, after, want = (float(noise_level(t).mean()) for t in (x, out, target))
+    assert after - before > 0.5 * (want - before), (before, after, want)
+
+
+def test_noise_sigma_must_be_known():
+    with pytest.raises(ConfigError, match="noise_sigma"):
+        ModelConfig(noise_sigma="exp")
 
 
 def test_grid_phase_lets_the_synthesis_tell_block_positions_apart():
@@ -267,6 +296,10 @@ def test_warm_start_copies_matching_weights_and_widens_inputs_with_zeros(tmp_pat
     dst = _with(grid_phase=True, noise_head=True)
     fresh = warm_start(dst, tmp_path / "src")
     assert fresh and all(k.startswith("synthesis.noise_head.") for k in fresh)
+    # a linear-σ head's MLP is not copied into a positive head (its ≈0 outputs would mean softplus(0) ≈ 0.7)
+    save_state(dst, tmp_path / "linear")
+    positive = _with(grid_phase=True, noise_head=True, noise_sigma="softplus")
+    assert {k.split(".")[2] for k in warm_start(positive, tmp_path / "linear")} == {"level"}
     # zero phase weights: the widened synthesis computes exactly what the source did, plus the new noise
     x = _img(1, 32, 32)
     code = src.encode(_img(1, 32, 32, seed=5))

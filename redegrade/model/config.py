@@ -42,6 +42,10 @@ class ModelConfig:
     """Add pixel noise σ(x, e)·k∗z from 3 extra full-size noise maps z (not in CDD). Noise injected only
     inside the SFT layers starts with no gradient (a loss that compares statistics is flat at zero
     noise amplitude), so a small model never learns to use it; an explicit, non-zero σ does."""
+    noise_sigma: str = "linear"
+    """How the noise head reads σ from its MLP's output s: ``linear`` (σ = s, sign ignored) or
+    ``softplus`` (σ = softplus(s) > 0). A linear σ settles at ≈0 with a sign that varies from pixel to
+    pixel, where the gradients of the pixels cancel and σ stays stuck; a positive σ has no such point."""
     grid_phase: bool = False
     """Feed the synthesis the position modulo 8 (cos/sin at periods 8 and 4; not in CDD). JPEG's blocks
     sit on a fixed 8×8 grid that a translation-equivariant network cannot see."""
@@ -84,6 +88,8 @@ class ModelConfig:
         for k in ("dim_g", "c_l", "map_channels", "enc_width"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
+        if self.noise_sigma not in ("linear", "softplus"):
+            raise ConfigError(f"noise_sigma must be 'linear' or 'softplus', got {self.noise_sigma!r}")
         if self.entropy_mlp_layers < 0 or not self.quant_step_l > 0 or not self.quant_step_g > 0:
             raise ConfigError("entropy_mlp_layers must be ≥ 0 and the quantisation steps > 0")
 
@@ -102,7 +108,7 @@ class ModelConfig:
 _PRESETS = {
     "paper": ModelConfig(),
     "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
-                         noise_head=True, grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
+                         noise_head=True, noise_sigma="softplus", grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         global_residual=True),
 }

@@ -120,19 +120,27 @@ class NoiseHead(nn.Module):
     decoder features F and the degradation map e, times three N(0,1) maps z mixed by a learned 3×3
     kernel k (colour and spatial correlation).
 
-    σ is the MLP's *linear* output (its sign is irrelevant: z is symmetric); σ = exp(·) or softplus(·)
-    drove σ to ≈0 for every input before the encoders had learnt the noise level. Even linear, the
-    windowed-statistics losses are second order in σ near 0, so it is ``QualityLoss`` (first order)
-    that makes the head add noise. σ starts at ``init_sigma`` everywhere.
+    ``positive=False`` (the first shipped models): σ is the MLP's linear output, its sign irrelevant
+    since z is symmetric. It settles at ≈0 with a sign that changes from pixel to pixel, where the
+    pixels' gradients cancel and σ stays stuck. ``positive=True``: σ = softplus(s), so every noisy
+    target pushes the same way. The two MLPs have different names (``sigma``, ``level``) so a warm
+    start from one to the other leaves the new one fresh. The windowed-statistics losses are second
+    order in σ near 0: ``QualityLoss`` (first order) is what makes the head add noise.
+    σ starts at ``init_sigma`` everywhere.
     """
 
-    def __init__(self, channels: int, map_channels: int, init_sigma: float = 0.02):
+    def __init__(self, channels: int, map_channels: int, init_sigma: float = 0.02, *, positive: bool = False):
         super().__init__()
         hidden = channels
-        self.sigma = nn.Sequential(nn.Conv2d(channels + map_channels, hidden, 1), nn.LeakyReLU(0.1),
-                                   nn.Conv2d(hidden, 3, 1))
-        nn.init.zeros_(self.sigma[2].weight)
-        nn.init.constant_(self.sigma[2].bias, init_sigma)
+        mlp = nn.Sequential(nn.Conv2d(channels + map_channels, hidden, 1), nn.LeakyReLU(0.1), nn.Conv2d(hidden, 3, 1))
+        nn.init.zeros_(mlp[2].weight)
+        # softplus⁻¹(σ₀) = log(exp(σ₀) − 1)
+        nn.init.constant_(mlp[2].bias, math.log(math.expm1(init_sigma)) if positive else init_sigma)
+        self.positive = positive
+        if positive:
+            self.level = mlp
+        else:
+            self.sigma = mlp
         self.mix = nn.Conv2d(3, 3, 3, padding=1, bias=False)
         with torch.no_grad():
             self.mix.weight.zero_()
@@ -140,8 +148,9 @@ class NoiseHead(nn.Module):
 
     def forward(self, feat: torch.Tensor, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         e_full = F.interpolate(e, size=feat.shape[-2:], mode="bilinear", align_corners=True)
+        h = torch.cat([feat, e_full], dim=1)
         # |σ| ≤ 1 (half the [-1,1] range) keeps an early bad step from blowing the output up
-        sigma = self.sigma(torch.cat([feat, e_full], dim=1)).clamp(-1, 1)
+        sigma = F.softplus(self.level(h)).clamp(max=1) if self.positive else self.sigma(h).clamp(-1, 1)
         return sigma * self.mix(z.to(feat.dtype))
 
 
