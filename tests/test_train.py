@@ -137,6 +137,33 @@ def test_sampler_for_builds_the_wqi_mix_the_config_records(tmp_path):
     assert (s.crop, s.batch, s.clean_prob, s.pairs) == (32, 4, 0.2, True)
 
 
+def test_recalibrated_frozen_batch_norm_gives_training_the_codes_inference_gets():
+    from redegrade.train.loop import freeze_bn, recalibrate_bn
+
+    s = PairSampler(synthetic_images(4, 64, seed=0), crop=32, batch=4, seed=0)
+    m = build_model("tiny")
+    norms = [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    first = norms[0]
+    first.running_mean.fill_(5.0)
+    seen = []
+    hook = first.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].mean(dim=(0, 2, 3))))
+    assert recalibrate_bn(m, s, batches=3) == len(norms)
+    hook.remove()
+    # a plain average over the batches (HDEN's first BN runs once per batch), not the momentum-weighted tail
+    torch.testing.assert_close(first.running_mean, torch.stack(seen).mean(dim=0))
+    m.train()
+    freeze_bn(m)
+    before = first.running_mean.clone()
+    y = s.sample(5).y
+    with torch.no_grad():
+        code_train = m.encode(y)
+        m.eval()
+        code_eval = m.encode(y)
+    assert torch.equal(first.running_mean, before)
+    torch.testing.assert_close(code_train.e_g, code_eval.e_g)
+    torch.testing.assert_close(code_train.e_l, code_eval.e_l)
+
+
 # ------------------------------------------------------------------------------------------ loop
 class _FixedBatch:
     """A sampler that always returns the same batch (training on it must lower its losses)."""
