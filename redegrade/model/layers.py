@@ -125,7 +125,7 @@ class NoiseHead(nn.Module):
     pixels' gradients cancel and σ stays stuck. ``positive=True``: σ = softplus(s), so every noisy
     target pushes the same way. The two MLPs have different names (``sigma``, ``level``) so a warm
     start from one to the other leaves the new one fresh. The windowed-statistics losses are second
-    order in σ near 0: ``QualityLoss`` (first order) is what makes the head add noise.
+    order in σ near 0: ``QualityLoss`` (first order) is what makes the model add noise at all.
     σ starts at ``init_sigma`` everywhere.
     """
 
