@@ -145,12 +145,14 @@ def test_recalibrated_frozen_batch_norm_gives_training_the_codes_inference_gets(
     norms = [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
     first = norms[0]
     first.running_mean.fill_(5.0)
+    first.momentum = 0.3
     seen = []
     hook = first.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].mean(dim=(0, 2, 3))))
     assert recalibrate_bn(m, s, batches=3) == len(norms)
     hook.remove()
     # a plain average over the batches (HDEN's first BN runs once per batch), not the momentum-weighted tail
     torch.testing.assert_close(first.running_mean, torch.stack(seen).mean(dim=0))
+    assert first.momentum == 0.3  # each layer's own momentum comes back
     m.train()
     freeze_bn(m)
     before = first.running_mean.clone()

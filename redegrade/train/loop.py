@@ -153,12 +153,13 @@ class Trainer:
         terms: dict[str, torch.Tensor] = {
             "sim": self.perceptual(y, y_hat),
             "grid": self.grid(y, y_hat),
-            "quality": self.quality(y, y_hat),
             "color": L.color_loss(y, y_hat),
             "rate_g": L.rate_per_position(rate["g"]),
             "rate_l": L.rate_per_position(rate["l"], positions),
             "aux": m.aux_loss(),
         }
+        if c.lambda_quality:
+            terms["quality"] = self.quality(y, y_hat)
         if clean is not None and c.lambda_clean:
             per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
             terms["clean"] = (per_sample * clean.to(per_sample)).mean()
@@ -361,6 +362,7 @@ def recalibrate_bn(model: nn.Module, sampler: PairSampler, *, batches: int = BN_
     0.49 for the same weights). Returns the number of layers.
     """
     norms = _batch_norms(model)
+    momenta = [m.momentum for m in norms]
     was_training = model.training
     model.train()
     for m in norms:
@@ -369,8 +371,8 @@ def recalibrate_bn(model: nn.Module, sampler: PairSampler, *, batches: int = BN_
     with torch.no_grad():
         for i in range(batches):
             model.encode(sampler.sample(i).y.to(device))
-    for m in norms:
-        m.momentum = 0.1
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
     model.train(was_training)
     return len(norms)
 
