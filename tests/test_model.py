@@ -311,3 +311,64 @@ def test_warm_start_copies_matching_weights_and_widens_inputs_with_zeros(tmp_pat
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     with pytest.raises(CheckpointError, match="warm-start"):
         warm_start(_with(widths=(8, 8, 8)), tmp_path / "src")
+
+
+def _set_jpeg_multiplier(head, m: float) -> None:
+    with torch.no_grad():
+        head.scale.weight.zero_()
+        head.scale.bias.fill_(float(torch.tensor(m).expm1().log()) / head.GAIN)
+
+
+def test_jpeg_head_at_libjpegs_table_scale_blocks_like_real_jpeg():
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from redegrade.degradations import jpeg
+    from redegrade.image import pil_to_tensor
+    from redegrade.model.layers import JpegHead
+    from redegrade.quality import blockiness
+
+    x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((128, 128), Image.Resampling.LANCZOS))
+    head = JpegHead(4)
+    e = torch.zeros(1, 4, 64, 64)
+    for q in (20, 50):
+        # libjpeg scales its quality-50 tables by 50/q below 50: quality 20 is 2.5× the steps
+        _set_jpeg_multiplier(head, 50 / q)
+        with torch.no_grad():
+            ours = blockiness(head(x, e))
+        real = blockiness(jpeg.decode(jpeg.encode((x + 1) / 2, q)) * 2 - 1)
+        clean = blockiness(x)
+        assert float(real - clean) > 0.2
+        assert abs(float(ours - real)) < 0.25 * float(real - clean), (q, float(ours), float(real), float(clean))
+
+
+def test_jpeg_head_starts_near_identity_and_learns_its_step_from_the_quality_loss():
+    from redegrade.quality import blockiness
+    from redegrade.train.losses import QualityLoss
+
+    m = _with(jpeg_head=True).train()
+    head = m.synthesis.jpeg_head
+    x = torch.nn.functional.interpolate(_img(2, 8, 8), size=(64, 64), mode="bicubic").clamp(-1, 1)
+    code = m.encode(x).detach()
+    noise = m.sample_noise(x, _gen(1))
+    with torch.no_grad():
+        plain = _with().synthesize(x, code, noise)
+        start = m.synthesize(x, code, noise)
+    # the same weights (same seed) without the head: the fresh head (quality ≈ 95) changes little
+    assert float((start - plain).abs().mean()) < 0.02
+    _set_jpeg_multiplier(head, 2.5)
+    with torch.no_grad():
+        target = m.synthesize(x, code, noise)  # the same model at quality ≈ 20
+    _set_jpeg_multiplier(head, 0.1)
+    opt = torch.optim.Adam(head.parameters(), lr=0.02)
+    for _ in range(40):
+        out = m.synthesize(x, code, noise)
+        opt.zero_grad()
+        QualityLoss()(target, out).backward()
+        opt.step()
+    with torch.no_grad():
+        got = head.multipliers(m.degradation_map(code), (64, 64))
+        b_out, b_start, b_want = (float(blockiness(t, any_phase=False).mean())
+                                  for t in (m.synthesize(x, code, noise), start, target))
+    assert float(got.min()) > 1.0, got.flatten()[:4]
+    assert b_out - b_start > 0.5 * (b_want - b_start), (b_start, b_out, b_want)

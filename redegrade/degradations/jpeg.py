@@ -12,6 +12,7 @@ import io
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -142,14 +143,27 @@ def _unblocks(c: torch.Tensor) -> torch.Tensor:
     return c.permute(0, 1, 3, 2, 4).reshape(b, nh * 8, nw * 8)
 
 
-def _quantise(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Level-shifted plane ``[B,H,W]`` (H, W multiples of 8) → DCT → quantise/dequantise → IDCT."""
+def round_through(x: torch.Tensor) -> torch.Tensor:
+    """Forward ``round(x)``; backward the identity (straight-through).
+
+    Inside ``round(c / t) · t`` this passes the coefficient's gradient on unchanged and gives the step
+    ``t`` the gradient ``round(c/t) − c/t``: a larger step makes the present rounding error larger.
+    """
+    return x + (torch.round(x) - x).detach()
+
+
+def quantise_planes(plane: torch.Tensor, table: torch.Tensor,
+                    rounding: Callable[[torch.Tensor], torch.Tensor] = round_ste) -> torch.Tensor:
+    """Level-shifted planes ``[B,H,W]`` (H, W multiples of 8) → 8×8 DCT → quantise/dequantise → IDCT.
+
+    ``table`` is ``[8,8]``, or ``[B,H/8,W/8,8,8]`` for a step table per block.
+    """
     d = _dct_matrix().to(plane)
     coef = d @ _blocks(plane) @ d.T  # rows: vertical frequency u, columns: horizontal frequency v
     t = table.to(plane)
     # The table is used as Pillow reports it, table[u, v]. RSG's DiffJPEG applies it transposed (a
     # bug: horizontal and vertical frequencies swap step sizes), which tracks real JPEG 2–3× worse.
-    coef = round_ste(coef / t) * t
+    coef = rounding(coef / t) * t
     return _unblocks(d.T @ coef @ d)
 
 
@@ -166,16 +180,31 @@ def diff_jpeg(u: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor) -> torc
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x)
     ycc = ycc + torch.tensor([0.0, 128.0, 128.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    y = _quantise(ycc[:, 0] - 128, luma) + 128
+    y = quantise_planes(ycc[:, 0] - 128, luma) + 128
     cbcr = F.avg_pool2d(ycc[:, 1:], 2) - 128
     hc, wc = cbcr.shape[-2:]
-    cbcr = _quantise(cbcr.reshape(b * 2, hc, wc), chroma).view(b, 2, hc, wc) + 128
+    cbcr = quantise_planes(cbcr.reshape(b * 2, hc, wc), chroma).view(b, 2, hc, wc) + 128
     # libjpeg's "fancy" h2v2 upsampling is the ¾/¼ triangle filter = bilinear with half-pixel centres.
     cbcr = F.interpolate(cbcr, scale_factor=2, mode="bilinear", align_corners=False)
     ycc = torch.cat([y[:, None], cbcr], 1) - torch.tensor([0.0, 128.0, 128.0], device=x.device,
                                                           dtype=x.dtype).view(1, 3, 1, 1)
     rgb = torch.einsum("ij,bjhw->bihw", _YCBCR_TO_RGB.to(x), ycc)
     return rgb[..., :h, :w].clamp(0, 255) / 255.0
+
+
+def quantise_444(x: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor,
+                 rounding: Callable[[torch.Tensor], torch.Tensor] = round_through) -> torch.Tensor:
+    """JPEG's lossy step without chroma subsampling or clamping: ``x`` ``[B,3,H,W]`` RGB in 0..255
+    (H, W multiples of 8) → YCbCr → per-plane 8×8 DCT quantisation → RGB.
+
+    ``luma``/``chroma`` are ``[8,8]`` or per block ``[B,H/8,W/8,8,8]``. Used by the degradation model's
+    JPEG head, where tiny steps must give back ``x`` (hence no 4:2:0 and no clamp).
+    """
+    b, _, h, w = x.shape
+    ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x)
+    planes = [quantise_planes(ycc[:, 0] - 128, luma, rounding) + 128]
+    planes += [quantise_planes(ycc[:, c], chroma, rounding) for c in (1, 2)]
+    return torch.einsum("ij,bjhw->bihw", _YCBCR_TO_RGB.to(x), torch.stack(planes, 1))
 
 
 class JPEG(Degradation):

@@ -10,7 +10,8 @@
     every SFT layer reads the degradation map e (resized to its level) and one noise map n_i
 
 Two options outside CDD (see :class:`ModelConfig`): ``grid_phase`` adds the pixel position modulo 8
-to x's channels, and ``noise_head`` adds ``σ(u1, e)·k∗z`` to ŷ, where z are the last three noise maps.
+to x's channels, ``noise_head`` adds ``σ(u1, e)·k∗z`` to ŷ, where z are the last three noise maps, and
+``jpeg_head`` rounds ŷ's block-DCT coefficients to steps read from e (last, as JPEG comes last).
 
 CDD's ``VUNet`` maps its input through ``2x−1`` although x is already in [-1,1] (so it sees [-3,1]).
 We do not load CDD's weights, so we feed x as is.
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from redegrade.model.config import ModelConfig
-from redegrade.model.layers import NoiseHead, PreActConv, PreActConvT, SFTResBlock, grid_phase, lrelu
+from redegrade.model.layers import JpegHead, NoiseHead, PreActConv, PreActConvT, SFTResBlock, grid_phase, lrelu
 
 
 class SynthesisUNet(nn.Module):
@@ -49,6 +50,7 @@ class SynthesisUNet(nn.Module):
         self.conv_last = PreActConv(c1, 3, 1, act=lrelu())
         self.noise_head = (NoiseHead(c1, m, positive=config.noise_sigma == "softplus") if config.noise_head
                            else None)
+        self.jpeg_head = JpegHead(m) if config.jpeg_head else None
         self.num_noise = len(config.noise_levels())
 
     @staticmethod
@@ -74,4 +76,5 @@ class SynthesisUNet(nn.Module):
         out = self.conv_last(u1)
         if self.noise_head is not None:
             out = out + self.noise_head(u1, e, torch.cat(noise[i:i + 3], dim=1))
-        return x + out if self.global_residual else out
+        out = x + out if self.global_residual else out
+        return self.jpeg_head(out, e) if self.jpeg_head is not None else out
