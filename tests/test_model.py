@@ -342,33 +342,42 @@ def test_jpeg_head_at_libjpegs_table_scale_blocks_like_real_jpeg():
         assert abs(float(ours - real)) < 0.25 * float(real - clean), (q, float(ours), float(real), float(clean))
 
 
-def test_jpeg_head_starts_near_identity_and_learns_its_step_from_the_quality_loss():
-    from redegrade.quality import blockiness
-    from redegrade.train.losses import QualityLoss
-
-    m = _with(jpeg_head=True).train()
-    head = m.synthesis.jpeg_head
+def test_jpeg_head_starts_near_identity():
+    m = _with(jpeg_head=True)
     x = torch.nn.functional.interpolate(_img(2, 8, 8), size=(64, 64), mode="bicubic").clamp(-1, 1)
-    code = m.encode(x).detach()
+    code = m.encode(x)
     noise = m.sample_noise(x, _gen(1))
     with torch.no_grad():
-        plain = _with().synthesize(x, code, noise)
+        plain = _with().synthesize(x, code, noise)  # the same weights (same seed) without the head
         start = m.synthesize(x, code, noise)
-    # the same weights (same seed) without the head: the fresh head (quality ≈ 95) changes little
+    # the fresh head (quality ≈ 95) changes little
     assert float((start - plain).abs().mean()) < 0.02
-    _set_jpeg_multiplier(head, 2.5)
-    with torch.no_grad():
-        target = m.synthesize(x, code, noise)  # the same model at quality ≈ 20
-    _set_jpeg_multiplier(head, 0.1)
-    opt = torch.optim.Adam(head.parameters(), lr=0.02)
-    for _ in range(40):
-        out = m.synthesize(x, code, noise)
-        opt.zero_grad()
-        QualityLoss()(target, out).backward()
-        opt.step()
-    with torch.no_grad():
-        got = head.multipliers(m.degradation_map(code), (64, 64))
-        b_out, b_start, b_want = (float(blockiness(t, any_phase=False).mean())
-                                  for t in (m.synthesize(x, code, noise), start, target))
-    assert float(got.min()) > 1.0, got.flatten()[:4]
-    assert b_out - b_start > 0.5 * (b_want - b_start), (b_start, b_out, b_want)
+
+
+@pytest.mark.parametrize("name", ["chelsea", "coffee"])
+def test_jpeg_head_learns_a_real_jpegs_quality_from_the_quality_loss(name):
+    """The step's gradient (``round_to_step``) must find libjpeg's scale: plain straight-through drove it to 0."""
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from redegrade.degradations import jpeg
+    from redegrade.image import pil_to_tensor
+    from redegrade.model.layers import JpegHead
+    from redegrade.train.losses import QualityLoss
+
+    x = pil_to_tensor(Image.fromarray(getattr(skdata, name)()).resize((128, 128), Image.Resampling.LANCZOS))
+    e = torch.zeros(1, 4, 64, 64)
+    for q in (20, 50):
+        target = jpeg.decode(jpeg.encode((x + 1) / 2, q)) * 2 - 1
+        head = JpegHead(4)
+        _set_jpeg_multiplier(head, 0.1)
+        opt = torch.optim.Adam(head.parameters(), lr=0.02)
+        for _ in range(60):
+            loss = QualityLoss()(target, head(x, e))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            luma = float(head.multipliers(e, (128, 128))[0, 0].mean())
+        # measured 2.38–2.43 for q=20 (libjpeg: 2.5) and 0.82–0.91 for q=50 (1.0)
+        assert 0.65 * 50 / q < luma < 1.35 * 50 / q, (q, luma)

@@ -159,9 +159,9 @@ class JpegHead(nn.Module):
 
     Each 8×8 block (on the grid anchored at pixel 0, as in a JPEG file) gets two multipliers
     ``m = softplus(conv1×1(avgpool(e)))`` of the libjpeg quality-50 luma and chroma tables (m = 2.5 is
-    quality 20, m = 0.1 quality 95); its YCbCr DCT coefficients are rounded to those steps. Rounding is
-    straight-through, so ŷ's gradient passes unchanged and m learns from how the rounding error grows
-    with the step. Why: after 22k steps the U-Net alone reproduced 0.09 of a q=20 JPEG's blockiness; a
+    quality 20, m = 0.1 quality 95); its YCbCr DCT coefficients are rounded to those steps
+    (:func:`~redegrade.degradations.jpeg.round_to_step`: ŷ's gradient passes unchanged, m's says how
+    many coefficients a larger step would zero). Why: after 22k steps the U-Net alone reproduced 0.09 of a q=20 JPEG's blockiness; a
     block grid of independently rounded DCT coefficients is hard to draw with 3×3 convolutions.
     m starts at ``init_scale`` (quality ≈ 95) for every input.
     """
