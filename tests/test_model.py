@@ -381,3 +381,36 @@ def test_jpeg_head_learns_a_real_jpegs_quality_from_the_quality_loss(name):
             luma = float(head.multipliers(e, (128, 128))[0, 0].mean())
         # measured 2.38–2.43 for q=20 (libjpeg: 2.5) and 0.82–0.91 for q=50 (1.0)
         assert 0.65 * 50 / q < luma < 1.35 * 50 / q, (q, luma)
+
+
+def test_jpeg_signature_sees_jpeg_on_its_grid_but_not_blur_noise_or_a_shifted_grid():
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from redegrade.degradations import jpeg
+    from redegrade.image import pil_to_tensor
+    from redegrade.model.encoders import jpeg_signature
+
+    x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((136, 136), Image.Resampling.LANCZOS))
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    noisy = (x + 0.06 * torch.randn(x.shape, generator=_gen(0))).clamp(-1, 1)
+    q50, q20 = (jpeg.decode(jpeg.encode((x + 1) / 2, q)) * 2 - 1 for q in (50, 20))
+    s = {k: float(jpeg_signature(v).sum()) for k, v in
+         {"clean": x, "blur": blurred, "noise": noisy, "q50": q50, "q20": q20, "shifted": q20[..., 3:, 3:]}.items()}
+    for k in ("clean", "blur", "noise", "shifted"):
+        assert abs(s[k]) < 3, s
+    assert s["q50"] > 5 and s["q20"] > 5, s
+
+
+def test_hden_reads_the_signature_and_a_warm_start_adds_it_switched_off(tmp_path):
+    from redegrade.model.io import save_state, warm_start
+
+    src = _with()
+    save_state(src, tmp_path / "src")
+    dst = _with(jpeg_signature=True)
+    assert warm_start(dst, tmp_path / "src") == []  # only the head's first layer widens (zeros)
+    y = _img(2, 32, 32, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(dst.encode(y).e_g, src.encode(y).e_g)
+    dst.encode(y).e_g.square().sum().backward()
+    assert dst.hden.head[0].weight.grad[:, -64:].abs().sum() > 0

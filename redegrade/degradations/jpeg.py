@@ -113,7 +113,7 @@ _YCBCR_TO_RGB = torch.tensor([[1.0, 0.0, 1.402],
 
 
 @functools.lru_cache(maxsize=None)
-def _dct_matrix() -> torch.Tensor:
+def dct_matrix() -> torch.Tensor:
     # Orthonormal DCT-II of size 8; JPEG's FDCT (with its ¼·C(u)·C(v) factors) is exactly this in 2-D.
     n = torch.arange(8, dtype=torch.float64)
     m = torch.cos(math.pi * (2 * n[None, :] + 1) * n[:, None] / 16)
@@ -147,19 +147,20 @@ def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0) -> tor
     """Forward ``step · round(c / step)`` for a learned ``step``; gradients reach both ``c`` and ``step``.
 
     To ``c`` the gradient passes unchanged (straight-through), so the layers before it learn as if
-    nothing were rounded. Rounding is piecewise constant in ``step``, so its own derivative says
-    nothing; what a larger step does to a whole image is send more coefficients into the zero bin.
-    The surrogate ``∂ĉ/∂step = −sign(u)·exp(−rate·(|u| − ½))`` for ``|u| = |c|/step ≥ ½`` (0 inside the
-    zero bin) is that jump to 0, smoothed over the coefficients near the bin's edge. Measured on q=20/50/90
-    JPEG training batches, its sign agrees with the loss's actual slope in the step at multipliers
-    0.1, 1 and 2.5; the plain straight-through ``round(u) − u`` (which treats the rounding error as
-    growing noise) pushed the step to 0 even for q=20 targets, and a tanh soft rounding's derivative
-    had the wrong sign at 0.1 and a variance that grows with |u|.
+    nothing were rounded. Rounding is piecewise constant in c/step, so the exact derivative in ``step``
+    is ``round(u)`` plus jumps where coefficients drop a level. Plain straight-through, ``round(u) − u``,
+    spreads every jump evenly over its bin, including the jump from ±step to 0 over the zero bin, where
+    it then claims that zeroed coefficients move away from 0 as the step grows: trained with it, the
+    step went to 0 even for q=20 targets. Here the zero bin gets no gradient and its jump goes to the
+    coefficients just outside it, ``−sign(u)·exp(−rate·(|u| − ½))``. On training batches its sign
+    agrees with the loss's actual slope in the step at multipliers 0.1 and 2.5 (q=20, 50, 90 targets).
     """
     u = (c / step).detach()
-    jump = -u.sign() * torch.exp(-rate * (u.abs() - 0.5)) * (u.abs() >= 0.5)
-    out = c + (step * torch.round(u) - c).detach()
-    return out + (step - step.detach()) * jump
+    r = torch.round(u)
+    outside = u.abs() >= 0.5
+    slope = (r - u - u.sign() * torch.exp(-rate * (u.abs() - 0.5))) * outside
+    out = c + (step * r - c).detach()
+    return out + (step - step.detach()) * slope
 
 
 def _round_ste_to_step(c: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -173,7 +174,7 @@ def quantise_planes(plane: torch.Tensor, table: torch.Tensor,
 
     ``table`` is ``[8,8]``, or ``[B,H/8,W/8,8,8]`` for a step table per block.
     """
-    d = _dct_matrix().to(plane)
+    d = dct_matrix().to(plane)
     coef = d @ _blocks(plane) @ d.T  # rows: vertical frequency u, columns: horizontal frequency v
     t = table.to(plane)
     # The table is used as Pillow reports it, table[u, v]. RSG's DiffJPEG applies it transposed (a

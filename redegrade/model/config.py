@@ -49,6 +49,9 @@ class ModelConfig:
     jpeg_head: bool = False
     """End the synthesis with JPEG's DCT quantisation, step sizes per 8×8 block read from e (not in CDD;
     see :class:`~redegrade.model.layers.JpegHead`)."""
+    jpeg_signature: bool = False
+    """HDEN also reads a fixed JPEG signature of y (near-zero DCT coefficients on the 8×8 grid vs off it;
+    not in CDD; see :func:`~redegrade.model.encoders.jpeg_signature`)."""
     grid_phase: bool = False
     """Feed the synthesis the position modulo 8 (cos/sin at periods 8 and 4; not in CDD). JPEG's blocks
     sit on a fixed 8×8 grid that a translation-equivariant network cannot see."""
@@ -111,7 +114,8 @@ class ModelConfig:
 _PRESETS = {
     "paper": ModelConfig(),
     "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
-                         noise_head=True, noise_sigma="softplus", jpeg_head=True, grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
+                         noise_head=True, noise_sigma="softplus", jpeg_head=True,
+                         jpeg_signature=True, grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         global_residual=True),
 }

@@ -9,6 +9,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: Length of :func:`jpeg_signature`.
+SIGNATURE_DIM = 64
+
+
+def jpeg_signature(y: torch.Tensor) -> torch.Tensor:
+    """Fixed (weight-free) JPEG evidence per image ``[B,64]``: for each of the 64 block-DCT frequencies
+    of the luma, the share of near-zero coefficients on JPEG's 8×8 grid (anchored at pixel 0) minus that
+    on the grid shifted by 4 pixels.
+
+    JPEG zeroes coefficients only on its own grid; blur or flat content makes them small on every grid,
+    so the difference isolates JPEG and grows as its quality falls. A small convnet with global pooling
+    cannot find a fixed grid (it is translation-equivariant), and the shipped model's codes moved by
+    only 0.2 of the photo-to-photo spread for q=20. "Near zero" is ``exp(−c²)`` with c in 8-bit levels.
+    """
+    from redegrade.degradations.jpeg import dct_matrix
+
+    w = torch.tensor((0.299, 0.587, 0.114), device=y.device, dtype=y.dtype).view(1, 3, 1, 1)
+    luma = ((y + 1) * 127.5 * w).sum(1)  # [B,H,W], 8-bit levels
+    d = dct_matrix().to(luma)
+    shares = []
+    for off in (0, 4):
+        t = luma[:, off:, off:]
+        h, wd = t.shape[-2] // 8 * 8, t.shape[-1] // 8 * 8
+        b = t[:, :h, :wd].unflatten(1, (h // 8, 8)).unflatten(3, (wd // 8, 8)).transpose(2, 3)  # [B,h/8,w/8,8,8]
+        coef = d @ b @ d.T
+        shares.append(torch.exp(-coef.square()).mean(dim=(1, 2)).flatten(1))  # [B,64]
+    return shares[0] - shares[1]
+
 
 class ConvBNAct(nn.Sequential):
     """zero-pad → Conv (bias) → BatchNorm → LeakyReLU(0.2) (CDD ``Conv2dBlock``)."""
@@ -28,22 +56,26 @@ def short_branch(w: int) -> nn.Sequential:
 class HDEN(nn.Module):
     """Global degradation encoder: y [B,3,H,W] → e_g [B,dim_g], unbounded.
 
-    Both branches are global-average-pooled, concatenated and mapped by a two-layer MLP.
+    Both branches are global-average-pooled, concatenated and mapped by a two-layer MLP. With
+    ``signature`` (not in CDD) the MLP also reads :func:`jpeg_signature`.
     """
 
-    def __init__(self, *, width: int = 64, dim_g: int = 256, kernel: int = 3):
+    def __init__(self, *, width: int = 64, dim_g: int = 256, kernel: int = 3, signature: bool = False):
         super().__init__()
         w = width
         d = (kernel - 1) // 2  # CDD: stride of the first long-range conv, 1 for k = 3
         self.long = nn.Sequential(ConvBNAct(3, w, kernel, d, 0), ConvBNAct(w, w, 3), ConvBNAct(w, 2 * w, 3),
                                   ConvBNAct(2 * w, 4 * w, 3))
         self.short = short_branch(w)
-        self.head = nn.Sequential(nn.Linear(8 * w, dim_g), nn.LeakyReLU(0.1), nn.Linear(dim_g, dim_g))
+        self.signature = signature
+        self.head = nn.Sequential(nn.Linear(8 * w + SIGNATURE_DIM * signature, dim_g), nn.LeakyReLU(0.1),
+                                  nn.Linear(dim_g, dim_g))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        a = self.long(y).mean(dim=(2, 3))
-        b = self.short(y).mean(dim=(2, 3))
-        return self.head(torch.cat([a, b], dim=1))
+        feats = [self.long(y).mean(dim=(2, 3)), self.short(y).mean(dim=(2, 3))]
+        if self.signature:
+            feats.append(jpeg_signature(y))
+        return self.head(torch.cat(feats, dim=1))
 
 
 class IDEN(nn.Module):

@@ -186,7 +186,9 @@ class JpegHead(nn.Module):
     def multipliers(self, e: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Per-block table multipliers ``[B,2,H/8,W/8]`` (luma, chroma) from e for an H×W image."""
         pooled = F.adaptive_avg_pool2d(e, (size[0] // 8, size[1] // 8))
-        return F.softplus(self.GAIN * self.scale(pooled)).clamp(max=self.max_scale)
+        m = F.softplus(self.GAIN * self.scale(pooled))
+        # a smooth cap (a clamp has no gradient above it: multipliers that overshoot would stay there)
+        return self.max_scale * torch.tanh(m / self.max_scale)
 
     def forward(self, y: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         from redegrade.degradations.jpeg import quantise_444
