@@ -356,3 +356,16 @@ def test_wqi_jpeg_prob_skips_jpeg_but_keeps_8_bit_and_cdds_stream(face):
     gen = g()
     share = sum("jpeg" in some.sample(gen) for _ in range(400)) / 400
     assert 0.4 < share < 0.6
+
+
+def test_round_to_step_rounds_and_its_gradients_say_what_a_larger_step_does():
+    c = torch.tensor([0.2, -0.3, 0.6, -0.7, 5.2], requires_grad=True)
+    step = torch.tensor(1.0, requires_grad=True)
+    out = jpeg.round_to_step(c, step)
+    torch.testing.assert_close(out.detach(), torch.tensor([0.0, -0.0, 1.0, -1.0, 5.0]))
+    grads_c = torch.autograd.grad(out.sum(), c, retain_graph=True)[0]
+    # zeroed coefficients: a small change keeps them at 0; the others pass straight through
+    assert grads_c.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+    per_coefficient = [float(torch.autograd.grad(out[i], step, retain_graph=True)[0]) for i in range(5)]
+    assert per_coefficient[:2] == [0.0, 0.0]             # inside the zero bin: stays 0
+    assert per_coefficient[2] < 0 < per_coefficient[3]   # just outside: pulled toward 0 (the jump)

@@ -146,8 +146,9 @@ def _unblocks(c: torch.Tensor) -> torch.Tensor:
 def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0) -> torch.Tensor:
     """Forward ``step · round(c / step)`` for a learned ``step``; gradients reach both ``c`` and ``step``.
 
-    To ``c`` the gradient passes unchanged (straight-through), so the layers before it learn as if
-    nothing were rounded. Rounding is piecewise constant in c/step, so the exact derivative in ``step``
+    To ``c`` the gradient passes unchanged (straight-through) outside the zero bin and not at all
+    inside it, where a small change of c changes nothing: with a full pass-through the layers before
+    it kept raising detail that the step then removed, and both grew until training diverged. Rounding is piecewise constant in c/step, so the exact derivative in ``step``
     is ``round(u)`` plus jumps where coefficients drop a level. Plain straight-through, ``round(u) − u``,
     spreads every jump evenly over its bin, including the jump from ±step to 0 over the zero bin, where
     it then claims that zeroed coefficients move away from 0 as the step grows: trained with it, the
@@ -159,7 +160,8 @@ def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0) -> tor
     r = torch.round(u)
     outside = u.abs() >= 0.5
     slope = (r - u - u.sign() * torch.exp(-rate * (u.abs() - 0.5))) * outside
-    out = c + (step * r - c).detach()
+    passed = c * outside
+    out = passed + (step * r - passed).detach()
     return out + (step - step.detach()) * slope
 
 
