@@ -443,3 +443,30 @@ def test_with_pairs_each_sample_is_synthesised_from_its_partners_code():
     swapped = trainer.losses(b.x, b.y, b.y_pos, g(), torch.tensor([1, 0, 3, 2]))[2]
     torch.testing.assert_close(own, same)
     assert (own - swapped).abs().max() > 1e-4
+
+
+def test_sampler_records_each_samples_jpeg_quality():
+    s = PairSampler(synthetic_images(4, 64, seed=0), crop=32, batch=16, seed=0, clean_prob=0.5, pairs=True)
+    b = s.sample(0)
+    q = b.jpeg_quality
+    assert q.shape == (16,) and torch.equal(q, q[b.partner])  # partners are degraded alike
+    assert torch.equal(q == 0, b.clean)  # the default WQI mix always ends with JPEG (CDD)
+    assert ((q[~b.clean] >= 30) & (q[~b.clean] <= 96)).all()
+
+
+def test_jpeg_step_loss_tells_the_code_the_known_quality():
+    from redegrade.model import ModelConfig, UniversalDegradationModel
+
+    torch.testing.assert_close(L.libjpeg_scale(torch.tensor([20, 50, 90])), torch.tensor([2.5, 1.0, 0.2]))
+    steps = torch.tensor([2.5, 0.02]).view(2, 1, 1, 1).expand(2, 2, 3, 3)
+    assert float(L.jpeg_step_loss(steps, torch.tensor([20, 0]))) == pytest.approx(0.0, abs=1e-10)
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "jpeg_head": True, "jpeg_signature": True})
+    trainer = Trainer(UniversalDegradationModel(cfg), TrainConfig(preset="tiny", lambda_contra=0.0, lambda_diver=0.0))
+    b = _sampler(crop=32, batch=4).sample(0)
+    quality = torch.tensor([20, 0, 50, 90])
+    terms = trainer.losses(b.x, b.y, b.y_pos, torch.Generator().manual_seed(0), None, None, quality)[1]
+    terms["jpeg"].backward()
+    m = trainer.model
+    for p in (m.synthesis.jpeg_head.scale.weight, m.hden.jpeg.weight, m.hden.head[0].weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0

@@ -177,7 +177,8 @@ class JpegHead(nn.Module):
         from redegrade.degradations.jpeg import quantization_tables
 
         self.scale = nn.Conv2d(map_channels, 2, 1)
-        nn.init.zeros_(self.scale.weight)
+        # small, not zero: with zero weights the step would pass no gradient back to the code at first
+        nn.init.normal_(self.scale.weight, std=1e-3)
         nn.init.constant_(self.scale.bias, math.log(math.expm1(init_scale)) / self.GAIN)
         self.max_scale = max_scale
         luma, chroma = quantization_tables(50)

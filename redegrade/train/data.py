@@ -78,6 +78,7 @@ class Batch:
     y_pos: torch.Tensor  # MoCo positives: the same degradation on other content
     partner: torch.Tensor | None = None  # [B] index of the sample degraded the same way (pairs only)
     clean: torch.Tensor | None = None    # [B] bool: y is x, undegraded (see clean_prob)
+    jpeg_quality: torch.Tensor | None = None  # [B] int: the JPEG quality y was saved at, 0 for none
 
 
 class PairSampler:
@@ -152,7 +153,7 @@ class PairSampler:
     def sample(self, step: int) -> Batch:
         """The batch for training step ``step`` (same step, same seed → same tensors)."""
         g = self.generator(step)
-        xs, ys, ps, cl = [], [], [], []
+        xs, ys, ps, cl, jq = [], [], [], [], []
         groups = self.batch // 2 if self.pairs else self.batch
         idx = torch.multinomial(self.weights, groups, replacement=True, generator=g).tolist()
         for i in idx:
@@ -165,22 +166,23 @@ class PairSampler:
             clean = bool(self.clean_prob and torch.rand((), generator=g) < self.clean_prob)
             cl += [clean] * len(regions)
             if clean:
-                degraded = regions
+                degraded, params = regions, {}
             else:
                 first, params = self.degrade(regions[0], g)
                 degraded = [first] + [self.apply(r, params, g) for r in regions[1:]]
                 degraded = [d.clamp(-1, 1) for d in degraded]
+            jq += [int(params.get("jpeg", {}).get("quality", 0))] * len(regions)
             for region, deg in zip(regions, degraded):
                 t1, l1 = self._offset(g), self._offset(g)
                 t2, l2 = self._offset(g), self._offset(g)
                 xs.append(self._crop(region, t1, l1))
                 ys.append(self._crop(deg, t1, l1))
                 ps.append(self._crop(deg, t2, l2))
-        x, y, clean = torch.cat(xs), torch.cat(ys), torch.tensor(cl)
+        x, y, clean, quality = torch.cat(xs), torch.cat(ys), torch.tensor(cl), torch.tensor(jq)
         if not self.pairs:
-            return Batch(x, y, torch.cat(ps), clean=clean)
+            return Batch(x, y, torch.cat(ps), clean=clean, jpeg_quality=quality)
         partner = torch.arange(self.batch) ^ 1
-        return Batch(x, y, y[partner], partner, clean)
+        return Batch(x, y, y[partner], partner, clean, quality)
 
 
 def synthetic_images(n: int = 4, size: int = 96, seed: int = 0) -> list[torch.Tensor]:

@@ -57,6 +57,7 @@ class TrainConfig:
     lambda_sim: float = 10.0       # CDD degrade_loss 10*dists
     lambda_grid: float = 1.0       # JPEG blocking pattern (GridLoss; not in CDD, whose DISTS sees blocks)
     lambda_quality: float = 1.0    # per-image noise/sharpness/blockiness match (QualityLoss; not in CDD)
+    lambda_jpeg: float = 1.0       # JPEG head's step vs the sample's known quality (jpeg_step_loss; not in CDD)
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0
     lambda_contra: float = 0.1     # CDD: 1e-4 (WQI) … 1.0 (FFHQ); short runs need a visible signal
@@ -131,13 +132,15 @@ class Trainer:
 
     # ----------------------------------------------------------------- one step
     def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator,
-               partner: torch.Tensor | None = None, clean: torch.Tensor | None = None
+               partner: torch.Tensor | None = None, clean: torch.Tensor | None = None,
+               jpeg_quality: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0).
 
         ``partner`` (pairs of samples degraded alike) makes each sample use its partner's code; ``clean``
         marks samples whose target is undegraded, which also get a pixel L1 (per batch sample, so its
-        weight does not depend on how many clean samples a batch happens to hold).
+        weight does not depend on how many clean samples a batch happens to hold); ``jpeg_quality``
+        (0 = none) supervises a JPEG head's step.
         """
         c, m = self.config, self.model
         code = m.encode(y)
@@ -160,6 +163,10 @@ class Trainer:
         }
         if c.lambda_quality:
             terms["quality"] = self.quality(y, y_hat)
+        head = getattr(m.synthesis, "jpeg_head", None)
+        if head is not None and jpeg_quality is not None and c.lambda_jpeg:
+            steps = head.multipliers(m.degradation_map(code_hat), x.shape[-2:])
+            terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
         if clean is not None and c.lambda_clean:
             per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
             terms["clean"] = (per_sample * clean.to(per_sample)).mean()
@@ -171,7 +178,8 @@ class Trainer:
             terms["contra"], keys = self.moco.loss(code.e_g, y_pos)
         if self.critic is not None:
             terms["gan"] = L.generator_gan_loss(self.critic, x, y_hat)
-        weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "color": c.lambda_color, "clean": c.lambda_clean,
+        weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "jpeg": c.lambda_jpeg,
+                   "color": c.lambda_color, "clean": c.lambda_clean,
                    "rate_g": c.lambda_g, "rate_l": c.lambda_l,
                    "aux": c.lambda_aux, "diver": c.lambda_diver, "contra": c.lambda_contra, "gan": c.lambda_gan}
         total = sum(weights[k] * v for k, v in terms.items())
@@ -185,8 +193,9 @@ class Trainer:
         g = torch.Generator().manual_seed((self.config.seed * 7_919 + self.step_count + 1) % (2 ** 63))
         x, y, y_pos = (t.to(self.device) for t in (batch.x, batch.y, batch.y_pos))
         t_data = time.perf_counter() - t0
-        partner, clean = (t.to(self.device) if t is not None else None for t in (batch.partner, batch.clean))
-        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean)
+        partner, clean, quality = (t.to(self.device) if t is not None else None
+                                   for t in (batch.partner, batch.clean, batch.jpeg_quality))
+        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality)
         if not torch.isfinite(total):
             raise ConfigError(f"training diverged at step {self.step_count} (loss {float(total)}; terms "
                               f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or a --lambda-*")

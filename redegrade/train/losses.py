@@ -261,6 +261,29 @@ class QualityLoss(nn.Module):
         return sum(self.terms(y, y_hat).values()) / 3
 
 
+def libjpeg_scale(quality: torch.Tensor) -> torch.Tensor:
+    """libjpeg's multiplier of its quality-50 tables: 50/q below 50, 2 − q/50 above (0 at q = 100)."""
+    q = quality.float().clamp(1, 100)
+    return torch.where(q < 50, 50 / q, 2 - q / 50)
+
+
+#: Target multiplier for samples without JPEG: below any quality's (q=96 gives 0.08), near identity.
+NO_JPEG_SCALE = 0.02
+
+
+def jpeg_step_loss(multipliers: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Squared log-ratio of a JPEG head's per-block multipliers ``[B,2,h,w]`` to libjpeg's scale for each
+    sample's known ``quality`` ``[B]`` (0 = no JPEG → :data:`NO_JPEG_SCALE`), averaged.
+
+    Why: the image losses do pull the step towards a JPEG target's (see ``round_to_step``), but per
+    sample weakly, and fine-tunes without this term gave q=20 and clean inputs nearly the same step
+    after 1000 steps. The training data knows each sample's quality, so the code is told it.
+    """
+    want = torch.where(quality > 0, libjpeg_scale(quality), torch.zeros_like(quality, dtype=torch.float))
+    want = want.clamp_min(NO_JPEG_SCALE)
+    return (multipliers.clamp_min(1e-4).log() - want.log().view(-1, 1, 1, 1)).square().mean()
+
+
 class L1Loss(nn.Module):
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         _check_pair(y, y_hat)
