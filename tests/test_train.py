@@ -470,3 +470,22 @@ def test_jpeg_step_loss_tells_the_code_the_known_quality():
     m = trainer.model
     for p in (m.synthesis.jpeg_head.scale.weight, m.hden.jpeg.weight, m.hden.head[0].weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_average_cli_writes_the_mean_of_the_checkpoints_weights(tmp_path):
+    from redegrade.model import ModelConfig, UniversalDegradationModel, load_state
+    from redegrade.model.io import save_state
+    from redegrade.train.average import average_models
+    from redegrade.train.average import main as average_cli
+
+    torch.manual_seed(0)
+    a, b = (UniversalDegradationModel(ModelConfig.preset("tiny")) for _ in range(2))
+    save_state(a, tmp_path / "a")
+    save_state(b, tmp_path / "b")
+    r = CliRunner().invoke(average_cli, [str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "avg")])
+    assert r.exit_code == 0, r.output
+    avg = load_state(tmp_path / "avg")
+    w = "synthesis.conv_first.0.weight"
+    torch.testing.assert_close(avg.state_dict()[w], (a.state_dict()[w] + b.state_dict()[w]) / 2)
+    with pytest.raises(Exception, match="different configs"):
+        average_models([a, UniversalDegradationModel(ModelConfig.preset("small"))])
