@@ -489,3 +489,15 @@ def test_average_cli_writes_the_mean_of_the_checkpoints_weights(tmp_path):
     torch.testing.assert_close(avg.state_dict()[w], (a.state_dict()[w] + b.state_dict()[w]) / 2)
     with pytest.raises(Exception, match="different configs"):
         average_models([a, UniversalDegradationModel(ModelConfig.preset("small"))])
+
+
+def test_train_only_updates_just_the_named_parts():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = Trainer(model, TrainConfig(preset="tiny", crop=32, batch=4, train_only="synthesis.conv_last,hden.head"))
+    trainer.step(_sampler(crop=32, batch=4))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n]) and not n.endswith("quantiles")}
+    assert changed and all(n.startswith(("synthesis.conv_last", "hden.head")) for n in changed), changed
+    with pytest.raises(Exception, match="matches no parameter"):
+        Trainer(build_model("tiny"), TrainConfig(preset="tiny", train_only="nothing.here"))

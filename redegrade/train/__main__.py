@@ -63,6 +63,9 @@ D = TrainConfig()
 @click.option("--freeze-bn/--no-freeze-bn", default=D.freeze_bn,
               help="Re-estimate the encoders' BatchNorm statistics over 100 batches, then keep them fixed, so "
                    "training computes codes as inference does (for fine-tunes of a trained model).")
+@click.option("--train-only", default=D.train_only,
+              help="Comma-separated parameter-name prefixes to train, the rest frozen (e.g. "
+                   "'hden.jpeg,synthesis.jpeg_head' grafts the JPEG parts onto a trained model); default all.")
 @click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
               help="Warm start a new run from this redegrader folder or checkpoint: weights whose names "
                    "match are copied, new input channels start at zero, new layers fresh.")
@@ -90,7 +93,7 @@ D = TrainConfig()
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
          lambda_grid: float, lambda_quality: float, lambda_jpeg: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
-         jpeg_prob: float, jpeg_min: int, pairs: bool, freeze_bn: bool, init: Path | None,
+         jpeg_prob: float, jpeg_min: int, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
          lambda_gan: float,
@@ -119,7 +122,7 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
                          lambda_quality=lambda_quality, lambda_jpeg=lambda_jpeg,
                          clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std,
                          jpeg_prob=jpeg_prob, jpeg_min=jpeg_min,
-                         pairs=pairs, freeze_bn=freeze_bn, init=str(init or ""),
+                         pairs=pairs, freeze_bn=freeze_bn, train_only=train_only, init=str(init or ""),
                          lambda_color=lambda_color,
                          lambda_diver=lambda_diver, lambda_contra=lambda_contra, lambda_l=lambda_l, lambda_g=lambda_g,
                          lambda_aux=lambda_aux, quant_warmup=quant_warmup, gan=gan, lambda_gan=lambda_gan, seed=seed,

@@ -84,6 +84,7 @@ class TrainConfig:
     jpeg_min: int = 30             # lowest WQI JPEG quality (CDD 30)
     pairs: bool = True             # train on transfer: each sample synthesised from its partner's code
     freeze_bn: bool = False        # encoders' BatchNorm: statistics re-estimated once, then fixed (see train)
+    train_only: str = ""           # comma-separated parameter-name prefixes to train; "" = all
     init: str = ""                 # warm start: redegrader folder or checkpoint (see warm_start)
     pretrained_backbone: bool = True  # for --perceptual lpips
 
@@ -118,7 +119,17 @@ class Trainer:
                          temperature=c.temperature, seed=c.seed).to(self.device)
         aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
         aux_ids = {id(p) for p in aux}
-        main = [p for p in self.model.parameters() if id(p) not in aux_ids]
+        prefixes = tuple(p.strip() for p in c.train_only.split(",") if p.strip())
+        main = []
+        for n, p in self.model.named_parameters():
+            if id(p) in aux_ids:
+                continue
+            if prefixes and not n.startswith(prefixes):
+                p.requires_grad_(False)  # a graft: the rest of the model keeps exactly what it computed
+            else:
+                main.append(p)
+        if not main:
+            raise ConfigError(f"--train-only {c.train_only!r} matches no parameter of the model")
         groups = [{"params": main, "lr": c.lr}] + ([{"params": aux, "lr": c.lr_aux}] if aux else [])
         self.optim = torch.optim.Adam(groups, eps=c.adam_eps)
         self.critic = L.Critic().to(self.device) if c.gan else None
