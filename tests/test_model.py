@@ -316,6 +316,7 @@ def test_warm_start_copies_matching_weights_and_widens_inputs_with_zeros(tmp_pat
 def _set_jpeg_multiplier(head, m: float) -> None:
     with torch.no_grad():
         head.scale.weight.zero_()
+        head.code.weight.zero_()
         head.scale.bias.fill_(float(torch.tensor(m).expm1().log()) / head.GAIN)
 
 
@@ -329,13 +330,13 @@ def test_jpeg_head_at_libjpegs_table_scale_blocks_like_real_jpeg():
     from redegrade.quality import blockiness
 
     x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((128, 128), Image.Resampling.LANCZOS))
-    head = JpegHead(4)
-    e = torch.zeros(1, 4, 64, 64)
+    head = JpegHead(4, 8)
+    e, e_g = torch.zeros(1, 4, 64, 64), torch.zeros(1, 8)
     for q in (20, 50):
         # libjpeg scales its quality-50 tables by 50/q below 50: quality 20 is 2.5× the steps
         _set_jpeg_multiplier(head, 50 / q)
         with torch.no_grad():
-            ours = blockiness(head(x, e))
+            ours = blockiness(head(x, e, e_g))
         real = blockiness(jpeg.decode(jpeg.encode((x + 1) / 2, q)) * 2 - 1)
         clean = blockiness(x)
         assert float(real - clean) > 0.2
@@ -366,19 +367,19 @@ def test_jpeg_head_learns_a_real_jpegs_quality_from_the_quality_loss(name):
     from redegrade.train.losses import QualityLoss
 
     x = pil_to_tensor(Image.fromarray(getattr(skdata, name)()).resize((128, 128), Image.Resampling.LANCZOS))
-    e = torch.zeros(1, 4, 64, 64)
+    e, e_g = torch.zeros(1, 4, 64, 64), torch.zeros(1, 8)
     for q in (20, 50):
         target = jpeg.decode(jpeg.encode((x + 1) / 2, q)) * 2 - 1
-        head = JpegHead(4)
+        head = JpegHead(4, 8)
         _set_jpeg_multiplier(head, 0.1)
         opt = torch.optim.Adam(head.parameters(), lr=0.02)
         for _ in range(60):
-            loss = QualityLoss()(target, head(x, e))
+            loss = QualityLoss()(target, head(x, e, e_g))
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            luma = float(head.multipliers(e, (128, 128))[0, 0].mean())
+            luma = float(head.multipliers(e, e_g, (128, 128))[0, 0].mean())
         # measured 2.38–2.43 for q=20 (libjpeg: 2.5) and 0.82–0.91 for q=50 (1.0)
         assert 0.65 * 50 / q < luma < 1.35 * 50 / q, (q, luma)
 

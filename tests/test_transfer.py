@@ -225,6 +225,19 @@ def test_shipped_model_transfers_noise_and_a_clean_source_changes_little(tmp_pat
 
 
 @needs_shipped
+def test_shipped_model_transfers_jpeg_blocking(tmp_path):
+    from redegrade.degradations import jpeg
+
+    x, source = natural_like(10), natural_like(11)
+    compress = lambda t: jpeg.decode(jpeg.encode((t + 1) / 2, 20)) * 2 - 1  # noqa: E731
+    paths = {k: save_image(v, tmp_path / f"{k}.png") for k, v in {"clean": x, "source": compress(source)}.items()}
+    r = run("--degraded", paths["source"], "--clean", paths["clean"], "-o", tmp_path / "out.png", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    b_x, b_t, b_out = (float(quality.blockiness(t)) for t in (x, compress(x), load_image(tmp_path / "out.png")))
+    assert quality.fraction_moved(b_out, b_x, b_t) > 0.5, (b_x, b_t, b_out)
+
+
+@needs_shipped
 @not_yet_transferring
 def test_readme_one_liner_on_the_bundled_examples(tmp_path):
     out = tmp_path / "out.png"

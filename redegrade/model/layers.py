@@ -172,11 +172,15 @@ class JpegHead(nn.Module):
     #: fine-tune at lr 2.5e-4 had reached 0.2 after 1000 steps and every input still got the same step.
     GAIN = 50.0
 
-    def __init__(self, map_channels: int, init_scale: float = 0.1, max_scale: float = 10.0):
+    def __init__(self, map_channels: int, dim_g: int, init_scale: float = 0.1, max_scale: float = 10.0):
         super().__init__()
         from redegrade.degradations.jpeg import quantization_tables
 
         self.scale = nn.Conv2d(map_channels, 2, 1)
+        # a direct read of e_g as well: JPEG quality is global, and through the fused map alone (a ReLU
+        # and an 8-channel bottleneck away) the step reached only ≈0.3 of libjpeg's for q=20
+        self.code = nn.Linear(dim_g, 2, bias=False)
+        nn.init.normal_(self.code.weight, std=1e-4)
         # small, not zero: with zero weights the step would pass no gradient back to the code at first
         nn.init.normal_(self.scale.weight, std=1e-3)
         nn.init.constant_(self.scale.bias, math.log(math.expm1(init_scale)) / self.GAIN)
@@ -185,17 +189,17 @@ class JpegHead(nn.Module):
         # not persistent: fixed constants, not weights (checkpoints stay free of them)
         self.register_buffer("tables", torch.stack([luma, chroma]), persistent=False)
 
-    def multipliers(self, e: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Per-block table multipliers ``[B,2,H/8,W/8]`` (luma, chroma) from e for an H×W image."""
+    def multipliers(self, e: torch.Tensor, e_g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Per-block table multipliers ``[B,2,H/8,W/8]`` (luma, chroma) from e and e_g for an H×W image."""
         pooled = F.adaptive_avg_pool2d(e, (size[0] // 8, size[1] // 8))
-        m = F.softplus(self.GAIN * self.scale(pooled))
+        m = F.softplus(self.GAIN * (self.scale(pooled) + self.code(e_g)[:, :, None, None]))
         # a smooth cap (a clamp has no gradient above it: multipliers that overshoot would stay there)
         return self.max_scale * torch.tanh(m / self.max_scale)
 
-    def forward(self, y: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor) -> torch.Tensor:
         from redegrade.degradations.jpeg import quantise_444
 
-        m = self.multipliers(e, y.shape[-2:]).to(y.dtype)
+        m = self.multipliers(e, e_g, y.shape[-2:]).to(y.dtype)
         steps = m[..., None, None] * self.tables.to(y.dtype)[None, :, None, None]  # [B,2,H/8,W/8,8,8]
         out = quantise_444((y + 1) * 127.5, steps[:, 0], steps[:, 1])
         return out / 127.5 - 1

@@ -134,7 +134,7 @@ class UniversalDegradationModel(nn.Module):
             raise ShapeError(f"expected {len(shapes)} noise maps, got {len(noise)}")
         for i, (n, s) in enumerate(zip(noise, shapes)):
             check_shape(n, (b, 1, *s), f"noise map {i}")
-        return self.synthesis(x, self.fusion(code), noise)
+        return self.synthesis(x, self.fusion(code), noise, code.e_g)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """Same as :meth:`synthesize`."""

@@ -26,7 +26,9 @@ from redegrade.model.layers import JpegHead, NoiseHead, PreActConv, PreActConvT,
 
 
 class SynthesisUNet(nn.Module):
-    """x [B,3,H,W] + degradation map e [B,M,H/2,W/2] + noise maps → ŷ [B,3,H,W] (H, W multiples of 8)."""
+    """x [B,3,H,W] + degradation map e [B,M,H/2,W/2] + noise maps → ŷ [B,3,H,W] (H, W multiples of 8).
+
+    ``e_g`` [B,dim_g] is read only by the JPEG head."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -50,7 +52,7 @@ class SynthesisUNet(nn.Module):
         self.conv_last = PreActConv(c1, 3, 1, act=lrelu())
         self.noise_head = (NoiseHead(c1, m, positive=config.noise_sigma == "softplus") if config.noise_head
                            else None)
-        self.jpeg_head = JpegHead(m) if config.jpeg_head else None
+        self.jpeg_head = JpegHead(m, config.dim_g) if config.jpeg_head else None
         self.num_noise = len(config.noise_levels())
 
     @staticmethod
@@ -60,7 +62,8 @@ class SynthesisUNet(nn.Module):
             i += 2
         return h, i
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor],
+                e_g: torch.Tensor | None = None) -> torch.Tensor:
         i = 0
         inp = torch.cat([x, grid_phase(*x.shape[-2:], x).expand(x.shape[0], -1, -1, -1)], 1) if self.grid_phase else x
         h1 = self.conv_first(inp)
@@ -77,4 +80,4 @@ class SynthesisUNet(nn.Module):
         if self.noise_head is not None:
             out = out + self.noise_head(u1, e, torch.cat(noise[i:i + 3], dim=1))
         out = x + out if self.global_residual else out
-        return self.jpeg_head(out, e) if self.jpeg_head is not None else out
+        return self.jpeg_head(out, e, e_g) if self.jpeg_head is not None else out

@@ -176,7 +176,7 @@ class Trainer:
             terms["quality"] = self.quality(y, y_hat)
         head = getattr(m.synthesis, "jpeg_head", None)
         if head is not None and jpeg_quality is not None and c.lambda_jpeg:
-            steps = head.multipliers(m.degradation_map(code_hat), x.shape[-2:])
+            steps = head.multipliers(m.degradation_map(code_hat), code_hat.e_g, x.shape[-2:])
             terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
         if clean is not None and c.lambda_clean:
             per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
