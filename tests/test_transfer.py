@@ -225,16 +225,22 @@ def test_shipped_model_transfers_noise_and_a_clean_source_changes_little(tmp_pat
 
 
 @needs_shipped
-def test_shipped_model_transfers_jpeg_blocking(tmp_path):
+def test_shipped_model_transfers_jpeg_blocking_between_photos():
+    skdata = pytest.importorskip("skimage.data")
     from redegrade.degradations import jpeg
+    from redegrade.image import pil_to_tensor
 
-    x, source = natural_like(10), natural_like(11)
+    photo = {n: pil_to_tensor(Image.fromarray(getattr(skdata, n)()).resize((128, 128), Image.Resampling.LANCZOS))
+             for n in ("coffee", "chelsea", "astronaut")}
     compress = lambda t: jpeg.decode(jpeg.encode((t + 1) / 2, 20)) * 2 - 1  # noqa: E731
-    paths = {k: save_image(v, tmp_path / f"{k}.png") for k, v in {"clean": x, "source": compress(source)}.items()}
-    r = run("--degraded", paths["source"], "--clean", paths["clean"], "-o", tmp_path / "out.png", "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    b_x, b_t, b_out = (float(quality.blockiness(t)) for t in (x, compress(x), load_image(tmp_path / "out.png")))
-    assert quality.fraction_moved(b_out, b_x, b_t) > 0.5, (b_x, b_t, b_out)
+    r = Redegrader.from_pretrained()
+    for clean, source in (("chelsea", "coffee"), ("astronaut", "chelsea"), ("coffee", "astronaut")):
+        x = photo[clean]
+        out = transfer(r, x, compress(photo[source]), generator=generator(0))
+        b_x, b_t, b_out = (float(quality.blockiness(t)) for t in (x, compress(x), out))
+        # measured 0.44-0.54 (the model before the JPEG head: -0.01-0.00). Whole photos downscaled to
+        # 128² are dense; 192² crops of larger photos move further (model card: 0.96 on its test photos)
+        assert quality.fraction_moved(b_out, b_x, b_t) > 0.3, (clean, source, b_x, b_t, b_out)
 
 
 @needs_shipped
