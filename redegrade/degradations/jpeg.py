@@ -133,7 +133,8 @@ def round_ste(x: torch.Tensor, k: float = ROUNDING_K) -> torch.Tensor:
     return r + (s - s.detach())
 
 
-def _blocks(c: torch.Tensor) -> torch.Tensor:
+def split_blocks(c: torch.Tensor) -> torch.Tensor:
+    """Planes ``[B,H,W]`` (H, W multiples of 8) → 8×8 blocks ``[B,H/8,W/8,8,8]``."""
     b, h, w = c.shape
     return c.view(b, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
 
@@ -148,8 +149,10 @@ def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0) -> tor
 
     To ``c`` the gradient passes unchanged (straight-through) outside the zero bin and not at all
     inside it, where a small change of c changes nothing: with a full pass-through the layers before
-    it kept raising detail that the step then removed, and both grew until training diverged. Rounding is piecewise constant in c/step, so the exact derivative in ``step``
-    is ``round(u)`` plus jumps where coefficients drop a level. Plain straight-through, ``round(u) − u``,
+    it kept raising detail that the step then removed, and both grew until training diverged.
+
+    Rounding is piecewise constant in c/step, so the exact derivative in ``step`` is ``round(u)`` plus
+    jumps where coefficients drop a level. Plain straight-through, ``round(u) − u``,
     spreads every jump evenly over its bin, including the jump from ±step to 0 over the zero bin, where
     it then claims that zeroed coefficients move away from 0 as the step grows: trained with it, the
     step went to 0 even for q=20 targets. Here the zero bin gets no gradient and its jump goes to the
@@ -177,7 +180,7 @@ def quantise_planes(plane: torch.Tensor, table: torch.Tensor,
     ``table`` is ``[8,8]``, or ``[B,H/8,W/8,8,8]`` for a step table per block.
     """
     d = dct_matrix().to(plane)
-    coef = d @ _blocks(plane) @ d.T  # rows: vertical frequency u, columns: horizontal frequency v
+    coef = d @ split_blocks(plane) @ d.T  # rows: vertical frequency u, columns: horizontal frequency v
     t = table.to(plane)
     # The table is used as Pillow reports it, table[u, v]. RSG's DiffJPEG applies it transposed (a
     # bug: horizontal and vertical frequencies swap step sizes), which tracks real JPEG 2–3× worse.

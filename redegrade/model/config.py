@@ -47,8 +47,8 @@ class ModelConfig:
     ``softplus`` (σ = softplus(s) > 0). A linear σ settles at ≈0 with a sign that varies from pixel to
     pixel, where the gradients of the pixels cancel and σ stays stuck; a positive σ has no such point."""
     jpeg_head: bool = False
-    """End the synthesis with JPEG's DCT quantisation, step sizes per 8×8 block read from e (not in CDD;
-    see :class:`~redegrade.model.layers.JpegHead`)."""
+    """End the synthesis with JPEG's DCT quantisation, step sizes per 8×8 block read from e and e_g (not
+    in CDD; see :class:`~redegrade.model.layers.JpegHead`)."""
     jpeg_signature: bool = False
     """HDEN also reads a fixed JPEG signature of y (near-zero DCT coefficients on the 8×8 grid vs off it;
     not in CDD; see :func:`~redegrade.model.encoders.jpeg_signature`)."""

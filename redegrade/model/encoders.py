@@ -23,17 +23,16 @@ def jpeg_signature(y: torch.Tensor) -> torch.Tensor:
     cannot find a fixed grid (it is translation-equivariant), and the shipped model's codes moved by
     only 0.2 of the photo-to-photo spread for q=20. "Near zero" is ``exp(−c²)`` with c in 8-bit levels.
     """
-    from redegrade.degradations.jpeg import dct_matrix
+    from redegrade.degradations.jpeg import dct_matrix, split_blocks
+    from redegrade.quality import luma
 
-    w = torch.tensor((0.299, 0.587, 0.114), device=y.device, dtype=y.dtype).view(1, 3, 1, 1)
-    luma = ((y + 1) * 127.5 * w).sum(1)  # [B,H,W], 8-bit levels
-    d = dct_matrix().to(luma)
+    levels = luma(y)[:, 0] * 255  # [B,H,W], 8-bit levels
+    d = dct_matrix().to(levels)
     shares = []
     for off in (0, 4):
-        t = luma[:, off:, off:]
-        h, wd = t.shape[-2] // 8 * 8, t.shape[-1] // 8 * 8
-        b = t[:, :h, :wd].unflatten(1, (h // 8, 8)).unflatten(3, (wd // 8, 8)).transpose(2, 3)  # [B,h/8,w/8,8,8]
-        coef = d @ b @ d.T
+        t = levels[:, off:, off:]
+        h, w = t.shape[-2] // 8 * 8, t.shape[-1] // 8 * 8
+        coef = d @ split_blocks(t[:, :h, :w]) @ d.T
         shares.append(torch.exp(-coef.square()).mean(dim=(1, 2)).flatten(1))  # [B,64]
     return shares[0] - shares[1]
 

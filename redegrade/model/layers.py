@@ -155,15 +155,15 @@ class NoiseHead(nn.Module):
 
 
 class JpegHead(nn.Module):
-    """JPEG's quantisation applied to ŷ, with step sizes read from the degradation map e.
+    """JPEG's quantisation applied to ŷ, with step sizes read from the degradation map e and code e_g.
 
     Each 8×8 block (on the grid anchored at pixel 0, as in a JPEG file) gets two multipliers
-    ``m = softplus(conv1×1(avgpool(e)))`` of the libjpeg quality-50 luma and chroma tables (m = 2.5 is
-    quality 20, m = 0.1 quality 95); its YCbCr DCT coefficients are rounded to those steps
-    (:func:`~redegrade.degradations.jpeg.round_to_step`: ŷ's gradient passes unchanged, m's says how
-    many coefficients a larger step would zero). Why: after 22k steps the U-Net alone reproduced 0.09 of a q=20 JPEG's blockiness; a
-    block grid of independently rounded DCT coefficients is hard to draw with 3×3 convolutions.
-    m starts at ``init_scale`` (quality ≈ 95) for every input.
+    ``m = softplus(conv1×1(avgpool(e)) + linear(e_g))`` of the libjpeg quality-50 luma and chroma tables
+    (m = 2.5 is quality 20, m = 0.1 quality 95); its YCbCr DCT coefficients are rounded to those steps
+    (:func:`~redegrade.degradations.jpeg.round_to_step`: ŷ's gradient passes outside the zero bin, m's
+    says how many coefficients a larger step would zero). Why: after 22k steps the U-Net alone
+    reproduced 0.09 of a q=20 JPEG's blockiness; a grid of independently rounded DCT coefficients is
+    hard to draw with 3×3 convolutions. m starts at ``init_scale`` (quality ≈ 95) for every input.
     """
 
     #: The 1×1 conv's output is multiplied by this (its weights stored divided by it), as StyleGAN's
