@@ -221,7 +221,6 @@ def quantise_444(x: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor,
     ``luma``/``chroma`` are ``[8,8]`` or per block ``[B,H/8,W/8,8,8]``. Used by the degradation model's
     JPEG head, where tiny steps must give back ``x`` (hence no 4:2:0 and no clamp).
     """
-    b, _, h, w = x.shape
     ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x)
     planes = [quantise_planes(ycc[:, 0] - 128, luma, quantiser) + 128]
     planes += [quantise_planes(ycc[:, c], chroma, quantiser) for c in (1, 2)]

@@ -9,9 +9,9 @@
                                                            blocks1_ ─conv_last─► ŷ
     every SFT layer reads the degradation map e (resized to its level) and one noise map n_i
 
-Two options outside CDD (see :class:`ModelConfig`): ``grid_phase`` adds the pixel position modulo 8
+Options outside CDD (see :class:`ModelConfig`): ``grid_phase`` adds the pixel position modulo 8
 to x's channels, ``noise_head`` adds ``σ(u1, e)·k∗z`` to ŷ, where z are the last three noise maps, and
-``jpeg_head`` rounds ŷ's block-DCT coefficients to steps read from e (last, as JPEG comes last).
+``jpeg_head`` rounds ŷ's block-DCT coefficients to steps read from e and e_g (last, as JPEG comes last).
 
 CDD's ``VUNet`` maps its input through ``2x−1`` although x is already in [-1,1] (so it sees [-3,1]).
 We do not load CDD's weights, so we feed x as is.
@@ -28,7 +28,8 @@ from redegrade.model.layers import JpegHead, NoiseHead, PreActConv, PreActConvT,
 class SynthesisUNet(nn.Module):
     """x [B,3,H,W] + degradation map e [B,M,H/2,W/2] + noise maps → ŷ [B,3,H,W] (H, W multiples of 8).
 
-    ``e_g`` [B,dim_g] is read only by the JPEG head."""
+    ``e_g`` [B,dim_g] is read only by the JPEG head.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -62,8 +63,8 @@ class SynthesisUNet(nn.Module):
             i += 2
         return h, i
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor],
-                e_g: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], e_g: torch.Tensor
+                ) -> torch.Tensor:
         i = 0
         inp = torch.cat([x, grid_phase(*x.shape[-2:], x).expand(x.shape[0], -1, -1, -1)], 1) if self.grid_phase else x
         h1 = self.conv_first(inp)
