@@ -270,6 +270,40 @@ def test_positive_noise_head_learns_a_noisy_targets_level_from_the_quality_loss(
     assert after - before > 0.5 * (want - before), (before, after, want)
 
 
+def test_noise_head_reads_the_global_code_and_learns_one_level_per_code():
+    """With ``noise_code`` the head's level reads e_g directly: training only that read, two codes learn
+    two noise levels (a weak and a strong one) on the same image."""
+    from redegrade.quality import noise_level
+    from redegrade.train.losses import QualityLoss
+
+    m = _with(noise_head=True, noise_sigma="softplus", noise_code=True).train()
+    with torch.no_grad():  # the untrained U-Net adds noise of its own; leave ŷ = x + head's noise
+        for p in m.synthesis.conv_last.parameters():
+            p.zero_()
+    head = m.synthesis.noise_head
+    x = torch.nn.functional.interpolate(_img(1, 4, 4), size=(32, 32), mode="bilinear").expand(2, -1, -1, -1)
+    code = m.encode(_img(2, 32, 32, seed=4)).detach()
+    code = DegradationCode(torch.randn(code.e_g.shape, generator=_gen(5)), code.e_l)  # two distinct codes
+    sigmas = torch.tensor([0.02, 0.1]).view(2, 1, 1, 1)
+    target = (x + 2 * sigmas * torch.randn(x.shape, generator=_gen(3))).clamp(-1, 1)
+    opt = torch.optim.Adam(head.code.parameters(), lr=3e-4)  # ×CODE_GAIN, ×Σ|e_g| ≈ 200: ≈1 per step
+    loss = QualityLoss()
+    for step in range(60):
+        out = m.synthesize(x, code, m.sample_noise(x, _gen(10 + step)))
+        opt.zero_grad()
+        loss(target, out).backward()
+        opt.step()
+    with torch.no_grad():
+        out = m.synthesize(x, code, m.sample_noise(x, _gen(99)))
+    got, want = noise_level(out), noise_level(target)
+    assert torch.allclose(got, want, rtol=0.3), (got, want)
+
+
+def test_noise_code_needs_a_positive_noise_head():
+    with pytest.raises(ConfigError, match="noise_code"):
+        ModelConfig(noise_head=True, noise_code=True)
+
+
 def test_noise_sigma_must_be_known():
     with pytest.raises(ConfigError, match="noise_sigma"):
         ModelConfig(noise_sigma="exp")
@@ -311,6 +345,25 @@ def test_warm_start_copies_matching_weights_and_widens_inputs_with_zeros(tmp_pat
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     with pytest.raises(CheckpointError, match="warm-start"):
         warm_start(_with(widths=(8, 8, 8)), tmp_path / "src")
+
+
+def test_warm_start_leaves_skipped_parts_at_their_fresh_init(tmp_path):
+    from redegrade.model.io import save_state, warm_start
+
+    kw = dict(noise_head=True, noise_sigma="softplus")
+    src = _with(**kw)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(1.0)  # so that every copied tensor differs from a fresh one
+    save_state(src, tmp_path / "src")
+    dst, fresh_model = _with(**kw, noise_code=True), _with(**kw, noise_code=True)
+    fresh = warm_start(dst, tmp_path / "src", skip=("synthesis.noise_head",))
+    assert fresh and all(k.startswith("synthesis.noise_head.") for k in fresh)
+    assert "synthesis.noise_head.code.weight" in fresh and "synthesis.noise_head.mix.weight" in fresh
+    own, new, old = dst.state_dict(), fresh_model.state_dict(), src.state_dict()
+    for k in own:
+        want = new[k] if k.startswith("synthesis.noise_head.") else old[k]
+        torch.testing.assert_close(own[k], want, msg=k)
 
 
 def _set_jpeg_multiplier(head, m: float) -> None:

@@ -472,6 +472,40 @@ def test_jpeg_step_loss_tells_the_code_the_known_quality():
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+def test_sampler_records_each_samples_noise_std():
+    s = PairSampler(synthetic_images(4, 64, seed=0), crop=32, batch=32, seed=0, clean_prob=0.25, pairs=True)
+    b = s.sample(0)
+    std = b.noise_std
+    assert std.shape == (32,) and torch.equal(std, std[b.partner])
+    assert (std[b.clean] == 0).all() and (std >= 0).all()
+    assert 0 < int((std > 0).sum()) < 32  # the WQI mix adds noise to some samples (CDD: p = 0.4)
+
+
+def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_output_alone():
+    from redegrade.model import ModelConfig, UniversalDegradationModel
+
+    sigma = torch.tensor([0.06, L.NO_NOISE_SIGMA]).view(2, 1, 1, 1).expand(2, 3, 4, 4)
+    assert float(L.noise_level_loss(sigma, torch.tensor([0.03, 0.0]))) == pytest.approx(0.0, abs=1e-10)
+    assert float(L.noise_level_loss(sigma, torch.tensor([0.06, 0.0]))) > 0.1
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "noise_head": True, "noise_sigma": "softplus",
+                         "noise_code": True})
+    model = UniversalDegradationModel(cfg)
+    b = _sampler(crop=32, batch=4).sample(0)
+    std = torch.tensor([0.03, 0.0, 0.1, 0.0])
+    outs = {}
+    for lam in (0.0, 1.0):
+        trainer = Trainer(model, TrainConfig(preset="tiny", lambda_contra=0.0, lambda_diver=0.0, lambda_noise=lam))
+        _, terms, outs[lam], _ = trainer.losses(b.x, b.y, b.y_pos, torch.Generator().manual_seed(0), None, None,
+                                                None, std)
+    torch.testing.assert_close(outs[0.0], outs[1.0])  # reading σ does not change the synthesis
+    model.zero_grad()
+    terms["noise"].backward()
+    head = model.synthesis.noise_head
+    for p in (head.code.weight, head.level[2].bias, head.level[2].weight, model.hden.head[2].weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
 def test_average_cli_writes_the_mean_of_the_checkpoints_weights(tmp_path):
     from redegrade.model import ModelConfig, UniversalDegradationModel, load_state
     from redegrade.model.io import save_state

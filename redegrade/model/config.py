@@ -46,6 +46,9 @@ class ModelConfig:
     """How the noise head reads σ from its MLP's output s: ``linear`` (σ = s, sign ignored) or
     ``softplus`` (σ = softplus(s) > 0). A linear σ settles at ≈0 with a sign that varies from pixel to
     pixel, where the gradients of the pixels cancel and σ stays stuck; a positive σ has no such point."""
+    noise_code: bool = False
+    """The noise head also reads e_g directly (needs ``noise_sigma="softplus"``; not in CDD; see
+    :class:`~redegrade.model.layers.NoiseHead`)."""
     jpeg_head: bool = False
     """End the synthesis with JPEG's DCT quantisation, step sizes per 8×8 block read from e and e_g (not
     in CDD; see :class:`~redegrade.model.layers.JpegHead`)."""
@@ -96,6 +99,8 @@ class ModelConfig:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         if self.noise_sigma not in ("linear", "softplus"):
             raise ConfigError(f"noise_sigma must be 'linear' or 'softplus', got {self.noise_sigma!r}")
+        if self.noise_code and not (self.noise_head and self.noise_sigma == "softplus"):
+            raise ConfigError('noise_code needs noise_head=True and noise_sigma="softplus"')
         if self.entropy_mlp_layers < 0 or not self.quant_step_l > 0 or not self.quant_step_g > 0:
             raise ConfigError("entropy_mlp_layers must be ≥ 0 and the quantisation steps > 0")
 
@@ -114,7 +119,7 @@ class ModelConfig:
 _PRESETS = {
     "paper": ModelConfig(),
     "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
-                         noise_head=True, noise_sigma="softplus", jpeg_head=True,
+                         noise_head=True, noise_sigma="softplus", noise_code=True, jpeg_head=True,
                          jpeg_signature=True, grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         global_residual=True),

@@ -120,9 +120,11 @@ def load_state(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     return model.to(device)
 
 
-def warm_start(model: torch.nn.Module, path: str | os.PathLike) -> list[str]:
+def warm_start(model: torch.nn.Module, path: str | os.PathLike, *, skip: tuple[str, ...] = ()) -> list[str]:
     """Copy the weights of the checkpoint at ``path`` into ``model`` where names match: a training start
     from an earlier model whose config differs (e.g. one without ``noise_head`` or ``grid_phase``).
+    Names starting with a prefix in ``skip`` keep their fresh initialisation (to re-train a part that
+    has died, e.g. a noise head whose level saturated at zero).
 
     A tensor whose shape differs only by more input channels (dim 1 larger) gets the old weights in its
     first channels and zeros in the new ones, so the new inputs start out ignored. Returns the names
@@ -134,7 +136,7 @@ def warm_start(model: torch.nn.Module, path: str | os.PathLike) -> list[str]:
     with torch.no_grad():
         params = dict(model.state_dict())
         for k, dst in own.items():
-            src = state.get(k)
+            src = None if k.startswith(tuple(skip)) else state.get(k)
             if src is None:
                 fresh.append(k)
             elif src.shape == dst.shape:

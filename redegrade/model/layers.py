@@ -127,10 +127,24 @@ class NoiseHead(nn.Module):
     start from one to the other leaves the new one fresh. The windowed-statistics losses are second
     order in σ near 0: ``QualityLoss`` (first order) is what makes the model add noise at all.
     σ starts at ``init_sigma`` everywhere.
+
+    ``dim_g`` > 0 adds a direct read of the global code e_g to the level (``positive`` only), as the JPEG
+    head has: noise strength is global, and through F and the fused map alone the shipped model's head
+    had switched itself off (mix ≈ 0), leaving weak noise (σ = 0.03) to the SFT layers, which drew 0.1
+    of it although e_g moved with σ.
     """
 
-    def __init__(self, channels: int, map_channels: int, init_sigma: float = 0.02, *, positive: bool = False):
+    #: Gain of the e_g read (weights stored divided by it; see :attr:`JpegHead.GAIN`).
+    CODE_GAIN = 10.0
+
+    def __init__(self, channels: int, map_channels: int, init_sigma: float = 0.02, *, positive: bool = False,
+                 dim_g: int = 0):
         super().__init__()
+        if dim_g and not positive:
+            raise ValueError("the noise head reads e_g only with a positive (softplus) level")
+        self.code = nn.Linear(dim_g, 3, bias=False) if dim_g else None
+        if self.code is not None:
+            nn.init.normal_(self.code.weight, std=1e-4)
         hidden = channels
         mlp = nn.Sequential(nn.Conv2d(channels + map_channels, hidden, 1), nn.LeakyReLU(0.1), nn.Conv2d(hidden, 3, 1))
         nn.init.zeros_(mlp[2].weight)
@@ -146,12 +160,21 @@ class NoiseHead(nn.Module):
             self.mix.weight.zero_()
             self.mix.weight[:, :, 1, 1] = torch.eye(3)
 
-    def forward(self, feat: torch.Tensor, e: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def sigma_map(self, feat: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor | None = None) -> torch.Tensor:
+        """The noise level σ ``[B,3,H,W]`` (in ``[-1,1]`` image units) the head puts on each pixel."""
         e_full = F.interpolate(e, size=feat.shape[-2:], mode="bilinear", align_corners=True)
         h = torch.cat([feat, e_full], dim=1)
-        # |σ| ≤ 1 (half the [-1,1] range) keeps an early bad step from blowing the output up
-        sigma = F.softplus(self.level(h)).clamp(max=1) if self.positive else self.sigma(h).clamp(-1, 1)
-        return sigma * self.mix(z.to(feat.dtype))
+        if not self.positive:
+            return self.sigma(h).clamp(-1, 1)
+        s = self.level(h)
+        if self.code is not None:
+            s = s + self.CODE_GAIN * self.code(e_g)[:, :, None, None]
+        # σ ≤ 1 (half the [-1,1] range) keeps an early bad step from blowing the output up
+        return F.softplus(s).clamp(max=1)
+
+    def forward(self, feat: torch.Tensor, e: torch.Tensor, z: torch.Tensor, e_g: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return self.sigma_map(feat, e, e_g) * self.mix(z.to(feat.dtype))
 
 
 class JpegHead(nn.Module):

@@ -28,7 +28,7 @@ from redegrade.model.layers import JpegHead, NoiseHead, PreActConv, PreActConvT,
 class SynthesisUNet(nn.Module):
     """x [B,3,H,W] + degradation map e [B,M,H/2,W/2] + noise maps → ŷ [B,3,H,W] (H, W multiples of 8).
 
-    ``e_g`` [B,dim_g] is read only by the JPEG head.
+    ``e_g`` [B,dim_g] is read only by the JPEG head and (with ``noise_code``) the noise head.
     """
 
     def __init__(self, config: ModelConfig):
@@ -51,8 +51,8 @@ class SynthesisUNet(nn.Module):
         self.conv_skip1 = PreActConv(2 * c1, c1, 3, act=lrelu())
         self.blocks1_ = nn.ModuleList(SFTResBlock(c1, m, act="lrelu" if i < n1_ - 1 else "relu") for i in range(n1_))
         self.conv_last = PreActConv(c1, 3, 1, act=lrelu())
-        self.noise_head = (NoiseHead(c1, m, positive=config.noise_sigma == "softplus") if config.noise_head
-                           else None)
+        self.noise_head = (NoiseHead(c1, m, positive=config.noise_sigma == "softplus",
+                                     dim_g=config.dim_g if config.noise_code else 0) if config.noise_head else None)
         self.jpeg_head = JpegHead(m, config.dim_g) if config.jpeg_head else None
         self.num_noise = len(config.noise_levels())
 
@@ -79,6 +79,6 @@ class SynthesisUNet(nn.Module):
         u1, i = self._run(self.blocks1_, u1, e, noise, i)
         out = self.conv_last(u1)
         if self.noise_head is not None:
-            out = out + self.noise_head(u1, e, torch.cat(noise[i:i + 3], dim=1))
+            out = out + self.noise_head(u1, e, torch.cat(noise[i:i + 3], dim=1), e_g)
         out = x + out if self.global_residual else out
         return self.jpeg_head(out, e, e_g) if self.jpeg_head is not None else out

@@ -45,6 +45,8 @@ D = TrainConfig()
               help="Weight of the per-image noise/sharpness/blockiness match (QualityLoss; 0 = off).")
 @click.option("--lambda-jpeg", type=float, default=D.lambda_jpeg,
               help="Weight of the JPEG head's step against each sample's known JPEG quality (0 = off).")
+@click.option("--lambda-noise", type=float, default=D.lambda_noise,
+              help="Weight of the noise head's level vs each sample's known Gaussian noise (0 = off).")
 @click.option("--clean-prob", type=click.FloatRange(0, 1), default=D.clean_prob,
               help="Share of samples left undegraded, so a clean source maps to (nearly) the identity.")
 @click.option("--lambda-clean", type=float, default=D.lambda_clean,
@@ -69,6 +71,9 @@ D = TrainConfig()
 @click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
               help="Warm start a new run from this redegrader folder or checkpoint: weights whose names "
                    "match are copied, new input channels start at zero, new layers fresh.")
+@click.option("--init-skip", default=D.init_skip,
+              help="Comma-separated parameter-name prefixes that --init leaves at their fresh initialisation "
+                   "(e.g. 'synthesis.noise_head' re-grows a noise head whose level had saturated at zero).")
 @click.option("--lambda-color", type=float, default=D.lambda_color, help="Weight of the blurred-colour L1 (rgbn).")
 @click.option("--lambda-diver", type=float, default=D.lambda_diver, help="Weight of the SSIM diversity loss (0 = off).")
 @click.option("--lambda-contra", type=float, default=D.lambda_contra, help="Weight of the MoCo loss on e_g (0 = off).")
@@ -92,8 +97,8 @@ D = TrainConfig()
 @user_errors
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
-         lambda_grid: float, lambda_quality: float, lambda_jpeg: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
-         jpeg_prob: float, jpeg_min: int, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None,
+         lambda_grid: float, lambda_quality: float, lambda_jpeg: float, lambda_noise: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
+         jpeg_prob: float, jpeg_min: int, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None, init_skip: str,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
          lambda_gan: float,
@@ -119,10 +124,11 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
     dev = resolve_device(device)
     config = TrainConfig(preset=preset, steps=steps, batch=batch, crop=crop, lr=lr, lr_aux=lr_aux, adam_eps=adam_eps,
                          perceptual=perceptual, lambda_sim=lambda_sim, lambda_grid=lambda_grid,
-                         lambda_quality=lambda_quality, lambda_jpeg=lambda_jpeg,
+                         lambda_quality=lambda_quality, lambda_jpeg=lambda_jpeg, lambda_noise=lambda_noise,
                          clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std,
                          jpeg_prob=jpeg_prob, jpeg_min=jpeg_min,
                          pairs=pairs, freeze_bn=freeze_bn, train_only=train_only, init=str(init or ""),
+                         init_skip=init_skip,
                          lambda_color=lambda_color,
                          lambda_diver=lambda_diver, lambda_contra=lambda_contra, lambda_l=lambda_l, lambda_g=lambda_g,
                          lambda_aux=lambda_aux, quant_warmup=quant_warmup, gan=gan, lambda_gan=lambda_gan, seed=seed,

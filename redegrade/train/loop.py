@@ -58,6 +58,7 @@ class TrainConfig:
     lambda_grid: float = 1.0       # JPEG blocking pattern (GridLoss; not in CDD, whose DISTS sees blocks)
     lambda_quality: float = 1.0    # per-image noise/sharpness/blockiness match (QualityLoss; not in CDD)
     lambda_jpeg: float = 1.0       # JPEG head's step vs the sample's known quality (jpeg_step_loss; not in CDD)
+    lambda_noise: float = 0.0      # noise head's level vs the sample's known noise (noise_level_loss; not in CDD)
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0
     lambda_contra: float = 0.1     # CDD: 1e-4 (WQI) … 1.0 (FFHQ); short runs need a visible signal
@@ -86,6 +87,7 @@ class TrainConfig:
     freeze_bn: bool = False        # encoders' BatchNorm: statistics re-estimated once, then fixed (see train)
     train_only: str = ""           # comma-separated parameter-name prefixes to train; "" = all
     init: str = ""                 # warm start: redegrader folder or checkpoint (see warm_start)
+    init_skip: str = ""            # comma-separated parameter-name prefixes the warm start leaves fresh
     pretrained_backbone: bool = True  # for --perceptual lpips
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +100,11 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training config key(s) {', '.join(unknown)}")
         return cls(**d)
+
+
+def split_prefixes(text: str) -> tuple[str, ...]:
+    """``"a.b, c"`` → ``("a.b", "c")`` (parameter-name prefixes from the command line)."""
+    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 @dataclass
@@ -119,7 +126,7 @@ class Trainer:
                          temperature=c.temperature, seed=c.seed).to(self.device)
         aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
         aux_ids = {id(p) for p in aux}
-        prefixes = tuple(p.strip() for p in c.train_only.split(",") if p.strip())
+        prefixes = split_prefixes(c.train_only)
         main = []
         for n, p in self.model.named_parameters():
             if id(p) in aux_ids:
@@ -144,14 +151,14 @@ class Trainer:
     # ----------------------------------------------------------------- one step
     def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator,
                partner: torch.Tensor | None = None, clean: torch.Tensor | None = None,
-               jpeg_quality: torch.Tensor | None = None
+               jpeg_quality: torch.Tensor | None = None, noise_std: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0).
 
         ``partner`` (pairs of samples degraded alike) makes each sample use its partner's code; ``clean``
         marks samples whose target is undegraded, which also get a pixel L1 (per batch sample, so its
         weight does not depend on how many clean samples a batch happens to hold); ``jpeg_quality``
-        (0 = none) supervises a JPEG head's step.
+        (0 = none) supervises a JPEG head's step, ``noise_std`` (0 = none) a noise head's level.
         """
         c, m = self.config, self.model
         code = m.encode(y)
@@ -162,7 +169,16 @@ class Trainer:
         code_hat, rate = m.quantize(code, mode, generator=g)
         if partner is not None:
             code_hat = DegradationCode(code_hat.e_g[partner], code_hat.e_l[partner])
+        noise_head = getattr(m.synthesis, "noise_head", None)
+        supervise_noise = noise_head is not None and noise_std is not None and c.lambda_noise
+        if supervise_noise:
+            # σ is internal to the synthesis: read the head's inputs rather than widen synthesize's return
+            seen: dict[str, tuple] = {}
+            hook = noise_head.register_forward_hook(lambda mod, args, out: seen.update(args=args))  # returns None
         y_hat = m.synthesize(x, code_hat, m.sample_noise(x, generator=g))
+        if supervise_noise:
+            hook.remove()
+            feat, e, _, e_g = seen["args"]
         positions = max(1, code.e_l.shape[-1] * code.e_l.shape[-2])
         terms: dict[str, torch.Tensor] = {
             "sim": self.perceptual(y, y_hat),
@@ -178,6 +194,8 @@ class Trainer:
         if head is not None and jpeg_quality is not None and c.lambda_jpeg:
             steps = head.multipliers(m.degradation_map(code_hat), code_hat.e_g, x.shape[-2:])
             terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
+        if supervise_noise:
+            terms["noise"] = L.noise_level_loss(noise_head.sigma_map(feat, e, e_g), noise_std)
         if clean is not None and c.lambda_clean:
             per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
             terms["clean"] = (per_sample * clean.to(per_sample)).mean()
@@ -190,6 +208,7 @@ class Trainer:
         if self.critic is not None:
             terms["gan"] = L.generator_gan_loss(self.critic, x, y_hat)
         weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "jpeg": c.lambda_jpeg,
+                   "noise": c.lambda_noise,
                    "color": c.lambda_color, "clean": c.lambda_clean,
                    "rate_g": c.lambda_g, "rate_l": c.lambda_l,
                    "aux": c.lambda_aux, "diver": c.lambda_diver, "contra": c.lambda_contra, "gan": c.lambda_gan}
@@ -204,9 +223,9 @@ class Trainer:
         g = torch.Generator().manual_seed((self.config.seed * 7_919 + self.step_count + 1) % (2 ** 63))
         x, y, y_pos = (t.to(self.device) for t in (batch.x, batch.y, batch.y_pos))
         t_data = time.perf_counter() - t0
-        partner, clean, quality = (t.to(self.device) if t is not None else None
-                                   for t in (batch.partner, batch.clean, batch.jpeg_quality))
-        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality)
+        partner, clean, quality, std = (t.to(self.device) if t is not None else None
+                                        for t in (batch.partner, batch.clean, batch.jpeg_quality, batch.noise_std))
+        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality, std)
         if not torch.isfinite(total):
             raise ConfigError(f"training diverged at step {self.step_count} (loss {float(total)}; terms "
                               f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or a --lambda-*")
@@ -322,7 +341,7 @@ def train(sampler: PairSampler, config: TrainConfig, out: str | Path, *, resume:
             if config.init:
                 from redegrade.model.io import warm_start
 
-                fresh = warm_start(model, config.init)
+                fresh = warm_start(model, config.init, skip=split_prefixes(config.init_skip))
                 log.info("warm start from %s; fresh: %s", config.init, ", ".join(fresh) or "none")
     trainer = Trainer(model, config, device)
     if state is not None:

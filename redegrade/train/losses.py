@@ -284,6 +284,25 @@ def jpeg_step_loss(multipliers: torch.Tensor, quality: torch.Tensor) -> torch.Te
     return (multipliers.clamp_min(1e-4).log() - want.log().view(-1, 1, 1, 1)).square().mean()
 
 
+#: Target noise-head level for samples without Gaussian noise ([-1,1] units, ≈ 0.6 of an 8-bit level).
+NO_NOISE_SIGMA = 0.005
+
+
+def noise_level_loss(sigma: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Squared log-ratio of a noise head's mean level per sample (``sigma`` ``[B,3,H,W]``, ``[-1,1]`` units)
+    to the Gaussian noise each sample's target carries (``std`` ``[B]``, ``[0,1]`` units; 0 = none →
+    :data:`NO_NOISE_SIGMA`), averaged.
+
+    Why: in the WQI mix most noise is JPEG-compressed afterwards, where rounding passes the head no
+    gradient, and clean or blurred samples pull its level down; a grafted head trained on the image
+    losses alone turned itself down for every code, weak noise included (σ = 0.03 moved 0.13 of the
+    way). The training data knows each sample's noise, so the head is told it, as the JPEG head is
+    told the quality (:func:`jpeg_step_loss`).
+    """
+    want = (2 * std.float()).clamp_min(NO_NOISE_SIGMA).to(sigma.device)
+    return (sigma.mean(dim=(1, 2, 3)).clamp_min(1e-5).log() - want.log()).square().mean()
+
+
 class L1Loss(nn.Module):
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         _check_pair(y, y_hat)
