@@ -456,6 +456,27 @@ def test_jpeg_signature_sees_jpeg_on_its_grid_but_not_blur_noise_or_a_shifted_gr
     assert s["q50"] > 5 and s["q20"] > 5, s
 
 
+def test_noise_signature_grows_with_noise_and_still_sees_it_after_jpeg():
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from redegrade.degradations import jpeg
+    from redegrade.image import pil_to_tensor
+    from redegrade.model.encoders import NOISE_SIGNATURE_DIM, noise_signature
+
+    x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((128, 128), Image.Resampling.LANCZOS))
+    levels = [float(noise_signature((x + 2 * sd * torch.randn(x.shape, generator=_gen(0))).clamp(-1, 1)).mean())
+              for sd in (0.0, 0.01, 0.03, 0.08)]
+    assert all(a + 0.1 < b for a, b in zip(levels, levels[1:])), levels  # measured steps 0.19, 0.35, 0.55
+    noisy = (x + 2 * 0.05 * torch.randn(x.shape, generator=_gen(1))).clamp(-1, 1)
+    sig = {k: noise_signature(v).view(3, 2, 3) for k, v in            # scale, statistic, channel
+           {"clean": jpeg.decode(jpeg.encode((x + 1) / 2, 75)) * 2 - 1,
+            "noisy": jpeg.decode(jpeg.encode((noisy + 1) / 2, 75)) * 2 - 1}.items()}
+    assert sig["clean"].numel() == NOISE_SIGNATURE_DIM
+    # JPEG removes much of the finest band's noise; half scale still tells noisy from clean (+0.5 measured)
+    assert (sig["noisy"][1] > sig["clean"][1] + 0.3).all(), sig
+
+
 def test_a_warm_start_adds_the_signature_path_fresh_and_it_moves_only_jpeg_codes(tmp_path):
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image
