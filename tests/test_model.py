@@ -366,47 +366,6 @@ def test_warm_start_leaves_skipped_parts_at_their_fresh_init(tmp_path):
         torch.testing.assert_close(own[k], want, msg=k)
 
 
-def _set_blur_sigma(head, sigma: float) -> None:
-    with torch.no_grad():
-        head.code.weight.zero_()
-        head.code.bias.fill_(float(torch.tensor(sigma ** 2).expm1().log()) / head.GAIN)
-
-
-def test_blur_head_starts_as_identity_and_blurs_like_a_gaussian_at_its_sigma():
-    from redegrade.degradations.wqi import gaussian_blur
-    from redegrade.model.layers import BlurHead
-
-    torch.manual_seed(0)
-    head = BlurHead(16)
-    y, e_g = _img(2, 48, 48), torch.randn(2, 16, generator=_gen(1))
-    with torch.no_grad():
-        torch.testing.assert_close(head(y, e_g), y, atol=1e-5, rtol=0)
-        _set_blur_sigma(head, 1.5)
-        torch.testing.assert_close(head.sigma(e_g), torch.full((2,), 1.5))
-        want = gaussian_blur((y + 1) / 2, 25, 1.5) * 2 - 1
-        inner = (..., slice(12, 36), slice(12, 36))  # the borders are padded differently
-        torch.testing.assert_close(head(y, e_g)[inner], want[inner], atol=1e-5, rtol=0)
-
-
-def test_blur_head_finds_a_blurred_targets_sigma_by_gradient_descent():
-    from redegrade.degradations.wqi import gaussian_blur
-    from redegrade.model.layers import BlurHead
-
-    torch.manual_seed(0)
-    head = BlurHead(16)
-    _set_blur_sigma(head, 0.8)
-    y = torch.nn.functional.interpolate(_img(1, 12, 12), size=(48, 48), mode="bicubic").clamp(-1, 1)
-    target = gaussian_blur(y, 25, 2.0)
-    e_g = torch.randn(1, 16, generator=_gen(1))
-    opt = torch.optim.Adam(head.parameters(), lr=0.01)
-    for _ in range(100):
-        loss = (head(y, e_g) - target)[..., 12:36, 12:36].abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert float(head.sigma(e_g)) == pytest.approx(2.0, abs=0.15)
-
-
 def _set_jpeg_multiplier(head, m: float) -> None:
     with torch.no_grad():
         head.scale.weight.zero_()

@@ -506,30 +506,6 @@ def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_ou
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
-def test_sampler_records_each_samples_blur_and_the_blur_loss_supervises_the_head():
-    from redegrade.model import ModelConfig, UniversalDegradationModel
-
-    b = PairSampler(synthetic_images(4, 64, seed=0), crop=32, batch=32, seed=0, clean_prob=0.25, pairs=True).sample(0)
-    sigma = b.blur_sigma
-    assert sigma.shape == (32,) and torch.equal(sigma, sigma[b.partner]) and (sigma[b.clean] == 0).all()
-    assert (sigma == -1).any() and (sigma > 0).any()  # motion blur (σ unknown) and Gaussian blur both occur
-    got = torch.tensor([2.0, 0.0, 5.0])
-    assert float(L.blur_level_loss(got, torch.tensor([2.0, 0.0, -1.0]))) == pytest.approx(0.0, abs=1e-10)
-    assert float(L.blur_level_loss(got, torch.tensor([4.0, 0.0, -1.0]))) > 0.5
-    assert float(L.blur_level_loss(got, torch.full((3,), -1.0))) == 0.0
-    torch.manual_seed(0)
-    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "blur_head": True})
-    trainer = Trainer(UniversalDegradationModel(cfg), TrainConfig(preset="tiny", lambda_contra=0.0, lambda_diver=0.0,
-                                                                  lambda_blur=1.0))
-    x = _sampler(crop=32, batch=4).sample(0)
-    terms = trainer.losses(x.x, x.y, x.y_pos, torch.Generator().manual_seed(0), None, None, None, None,
-                           torch.tensor([3.0, 0.0, -1.0, 1.5]))[1]
-    terms["blur"].backward()
-    m = trainer.model
-    for p in (m.synthesis.blur_head.code.weight, m.synthesis.blur_head.code.bias, m.hden.head[2].weight):
-        assert p.grad is not None and p.grad.abs().sum() > 0
-
-
 def test_average_cli_writes_the_mean_of_the_checkpoints_weights(tmp_path):
     from redegrade.model import ModelConfig, UniversalDegradationModel, load_state
     from redegrade.model.io import save_state

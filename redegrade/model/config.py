@@ -49,9 +49,6 @@ class ModelConfig:
     noise_code: bool = False
     """The noise head also reads e_g directly (needs ``noise_sigma="softplus"``; not in CDD; see
     :class:`~redegrade.model.layers.NoiseHead`)."""
-    blur_head: bool = False
-    """Blur the U-Net's output with a Gaussian whose σ is read from e_g, before the noise and JPEG heads
-    (not in CDD; see :class:`~redegrade.model.layers.BlurHead`)."""
     jpeg_head: bool = False
     """End the synthesis with JPEG's DCT quantisation, step sizes per 8×8 block read from e and e_g (not
     in CDD; see :class:`~redegrade.model.layers.JpegHead`)."""
@@ -125,7 +122,7 @@ class ModelConfig:
 _PRESETS = {
     "paper": ModelConfig(),
     "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
-                         noise_head=True, noise_sigma="softplus", noise_code=True, blur_head=True, jpeg_head=True,
+                         noise_head=True, noise_sigma="softplus", noise_code=True, jpeg_head=True,
                          jpeg_signature=True, grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         global_residual=True),

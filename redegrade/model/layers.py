@@ -177,42 +177,6 @@ class NoiseHead(nn.Module):
         return self.sigma_map(feat, e, e_g) * self.mix(z.to(feat.dtype))
 
 
-class BlurHead(nn.Module):
-    """Gaussian blur of ŷ with one standard deviation per image read from the global code e_g.
-
-    The variance is ``softplus(GAIN·linear(e_g))`` (capped at ``max_sigma``²), so an image loss's
-    gradient is first order in it; the blur starts at σ ≈ 0.1, i.e. the identity. Why: WQI draws blur σ
-    uniformly up to 30, so σ < 3 is rare in training, and the U-Net drew 0.2 of a σ = 1.5 blur although
-    its code moved with σ; an explicit blur with a supervised σ (``blur_level_loss``) is told the level.
-    """
-
-    #: The linear map's output is multiplied by this (see :attr:`JpegHead.GAIN`).
-    GAIN = 10.0
-
-    def __init__(self, dim_g: int, init_sigma: float = 0.1, max_sigma: float = 8.0):
-        super().__init__()
-        self.code = nn.Linear(dim_g, 1)
-        nn.init.normal_(self.code.weight, std=1e-4)
-        nn.init.constant_(self.code.bias, math.log(math.expm1(init_sigma ** 2)) / self.GAIN)
-        self.max_sigma = max_sigma
-        self.radius = math.ceil(3 * max_sigma)
-
-    def sigma(self, e_g: torch.Tensor) -> torch.Tensor:
-        """The blur's standard deviation per image ``[B]``, in pixels."""
-        var = F.softplus(self.GAIN * self.code(e_g)[:, 0])
-        return var.clamp(max=self.max_sigma ** 2).clamp_min(1e-6).sqrt()
-
-    def forward(self, y: torch.Tensor, e_g: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = y.shape
-        t = torch.arange(-self.radius, self.radius + 1, device=y.device, dtype=y.dtype)
-        k = torch.exp(-t.square() / (2 * self.sigma(e_g).to(y.dtype).square()[:, None]))  # [B,K]
-        k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)               # [B·C,K]
-        out = F.pad(y.reshape(1, b * c, h, w), (self.radius,) * 4, mode="replicate")
-        out = F.conv2d(out, k[:, None, None, :], groups=b * c)
-        out = F.conv2d(out, k[:, None, :, None], groups=b * c)
-        return out.reshape(b, c, h, w)
-
-
 class JpegHead(nn.Module):
     """JPEG's quantisation applied to ŷ, with step sizes read from the degradation map e and code e_g.
 

@@ -10,8 +10,8 @@
     every SFT layer reads the degradation map e (resized to its level) and one noise map n_i
 
 Options outside CDD (see :class:`ModelConfig`): ``grid_phase`` adds the pixel position modulo 8
-to x's channels, ``blur_head`` blurs ŷ with a σ read from e_g, ``noise_head`` then adds ``σ(u1, e)·k∗z``
-to ŷ, where z are the last three noise maps, and ``jpeg_head`` rounds ŷ's block-DCT coefficients to steps read from e and e_g (last, as JPEG comes last).
+to x's channels, ``noise_head`` adds ``σ(u1, e)·k∗z`` to ŷ, where z are the last three noise maps, and
+``jpeg_head`` rounds ŷ's block-DCT coefficients to steps read from e and e_g (last, as JPEG comes last).
 
 CDD's ``VUNet`` maps its input through ``2x−1`` although x is already in [-1,1] (so it sees [-3,1]).
 We do not load CDD's weights, so we feed x as is.
@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from redegrade.model.config import ModelConfig
-from redegrade.model.layers import BlurHead, JpegHead, NoiseHead, PreActConv, PreActConvT, SFTResBlock, grid_phase, lrelu
+from redegrade.model.layers import JpegHead, NoiseHead, PreActConv, PreActConvT, SFTResBlock, grid_phase, lrelu
 
 
 class SynthesisUNet(nn.Module):
     """x [B,3,H,W] + degradation map e [B,M,H/2,W/2] + noise maps → ŷ [B,3,H,W] (H, W multiples of 8).
 
-    ``e_g`` [B,dim_g] is read only by the blur and JPEG heads and (with ``noise_code``) the noise head.
+    ``e_g`` [B,dim_g] is read only by the JPEG head and (with ``noise_code``) the noise head.
     """
 
     def __init__(self, config: ModelConfig):
@@ -53,7 +53,6 @@ class SynthesisUNet(nn.Module):
         self.conv_last = PreActConv(c1, 3, 1, act=lrelu())
         self.noise_head = (NoiseHead(c1, m, positive=config.noise_sigma == "softplus",
                                      dim_g=config.dim_g if config.noise_code else 0) if config.noise_head else None)
-        self.blur_head = BlurHead(config.dim_g) if config.blur_head else None
         self.jpeg_head = JpegHead(m, config.dim_g) if config.jpeg_head else None
         self.num_noise = len(config.noise_levels())
 
@@ -79,10 +78,7 @@ class SynthesisUNet(nn.Module):
         u1 = self.conv_skip1(torch.cat([self.conv_up1(u2), h1], dim=1))
         u1, i = self._run(self.blocks1_, u1, e, noise, i)
         out = self.conv_last(u1)
-        out = x + out if self.global_residual else out
-        # the WQI order: blur, then noise, then JPEG
-        if self.blur_head is not None:
-            out = self.blur_head(out, e_g)
         if self.noise_head is not None:
             out = out + self.noise_head(u1, e, torch.cat(noise[i:i + 3], dim=1), e_g)
+        out = x + out if self.global_residual else out
         return self.jpeg_head(out, e, e_g) if self.jpeg_head is not None else out

@@ -45,8 +45,6 @@ D = TrainConfig()
               help="Weight of the per-image noise/sharpness/blockiness match (QualityLoss; 0 = off).")
 @click.option("--lambda-jpeg", type=float, default=D.lambda_jpeg,
               help="Weight of the JPEG head's step against each sample's known JPEG quality (0 = off).")
-@click.option("--lambda-blur", type=float, default=D.lambda_blur,
-              help="Weight of the blur head's σ vs each sample's known Gaussian blur (0 = off).")
 @click.option("--lambda-noise", type=float, default=D.lambda_noise,
               help="Weight of the noise head's level vs each sample's known Gaussian noise (0 = off).")
 @click.option("--clean-prob", type=click.FloatRange(0, 1), default=D.clean_prob,
@@ -99,7 +97,7 @@ D = TrainConfig()
 @user_errors
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
-         lambda_grid: float, lambda_quality: float, lambda_jpeg: float, lambda_noise: float, lambda_blur: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
+         lambda_grid: float, lambda_quality: float, lambda_jpeg: float, lambda_noise: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
          jpeg_prob: float, jpeg_min: int, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None, init_skip: str,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
@@ -126,7 +124,7 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
     dev = resolve_device(device)
     config = TrainConfig(preset=preset, steps=steps, batch=batch, crop=crop, lr=lr, lr_aux=lr_aux, adam_eps=adam_eps,
                          perceptual=perceptual, lambda_sim=lambda_sim, lambda_grid=lambda_grid,
-                         lambda_quality=lambda_quality, lambda_jpeg=lambda_jpeg, lambda_noise=lambda_noise, lambda_blur=lambda_blur,
+                         lambda_quality=lambda_quality, lambda_jpeg=lambda_jpeg, lambda_noise=lambda_noise,
                          clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std,
                          jpeg_prob=jpeg_prob, jpeg_min=jpeg_min,
                          pairs=pairs, freeze_bn=freeze_bn, train_only=train_only, init=str(init or ""),

@@ -59,7 +59,6 @@ class TrainConfig:
     lambda_quality: float = 1.0    # per-image noise/sharpness/blockiness match (QualityLoss; not in CDD)
     lambda_jpeg: float = 1.0       # JPEG head's step vs the sample's known quality (jpeg_step_loss; not in CDD)
     lambda_noise: float = 0.0      # noise head's level vs the sample's known noise (noise_level_loss; not in CDD)
-    lambda_blur: float = 0.0       # blur head's σ vs the sample's known Gaussian blur (blur_level_loss; not in CDD)
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0
     lambda_contra: float = 0.1     # CDD: 1e-4 (WQI) … 1.0 (FFHQ); short runs need a visible signal
@@ -152,16 +151,14 @@ class Trainer:
     # ----------------------------------------------------------------- one step
     def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator,
                partner: torch.Tensor | None = None, clean: torch.Tensor | None = None,
-               jpeg_quality: torch.Tensor | None = None, noise_std: torch.Tensor | None = None,
-               blur_sigma: torch.Tensor | None = None
+               jpeg_quality: torch.Tensor | None = None, noise_std: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0).
 
         ``partner`` (pairs of samples degraded alike) makes each sample use its partner's code; ``clean``
         marks samples whose target is undegraded, which also get a pixel L1 (per batch sample, so its
         weight does not depend on how many clean samples a batch happens to hold); ``jpeg_quality``
-        (0 = none) supervises a JPEG head's step, ``noise_std`` (0 = none) a noise head's level and
-        ``blur_sigma`` (0 = none, negative = unknown) a blur head's σ.
+        (0 = none) supervises a JPEG head's step, ``noise_std`` (0 = none) a noise head's level.
         """
         c, m = self.config, self.model
         code = m.encode(y)
@@ -197,9 +194,6 @@ class Trainer:
         if head is not None and jpeg_quality is not None and c.lambda_jpeg:
             steps = head.multipliers(m.degradation_map(code_hat), code_hat.e_g, x.shape[-2:])
             terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
-        blur_head = getattr(m.synthesis, "blur_head", None)
-        if blur_head is not None and blur_sigma is not None and c.lambda_blur:
-            terms["blur"] = L.blur_level_loss(blur_head.sigma(code_hat.e_g), blur_sigma, blur_head.max_sigma)
         if supervise_noise:
             terms["noise"] = L.noise_level_loss(noise_head.sigma_map(feat, e, e_g), noise_std)
         if clean is not None and c.lambda_clean:
@@ -214,7 +208,7 @@ class Trainer:
         if self.critic is not None:
             terms["gan"] = L.generator_gan_loss(self.critic, x, y_hat)
         weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "jpeg": c.lambda_jpeg,
-                   "noise": c.lambda_noise, "blur": c.lambda_blur,
+                   "noise": c.lambda_noise,
                    "color": c.lambda_color, "clean": c.lambda_clean,
                    "rate_g": c.lambda_g, "rate_l": c.lambda_l,
                    "aux": c.lambda_aux, "diver": c.lambda_diver, "contra": c.lambda_contra, "gan": c.lambda_gan}
@@ -229,9 +223,9 @@ class Trainer:
         g = torch.Generator().manual_seed((self.config.seed * 7_919 + self.step_count + 1) % (2 ** 63))
         x, y, y_pos = (t.to(self.device) for t in (batch.x, batch.y, batch.y_pos))
         t_data = time.perf_counter() - t0
-        partner, clean, quality, std, blur = (t.to(self.device) if t is not None else None for t in (
-            batch.partner, batch.clean, batch.jpeg_quality, batch.noise_std, batch.blur_sigma))
-        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality, std, blur)
+        partner, clean, quality, std = (t.to(self.device) if t is not None else None
+                                        for t in (batch.partner, batch.clean, batch.jpeg_quality, batch.noise_std))
+        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality, std)
         if not torch.isfinite(total):
             raise ConfigError(f"training diverged at step {self.step_count} (loss {float(total)}; terms "
                               f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or a --lambda-*")

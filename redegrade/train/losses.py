@@ -303,26 +303,6 @@ def noise_level_loss(sigma: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (sigma.mean(dim=(1, 2, 3)).clamp_min(1e-5).log() - want.log()).square().mean()
 
 
-#: Blur σ (pixels) below which a blur counts as none in :func:`blur_level_loss` (its log floor).
-NO_BLUR_SIGMA = 0.3
-
-
-def blur_level_loss(sigma: torch.Tensor, target: torch.Tensor, max_sigma: float = 8.0) -> torch.Tensor:
-    """Squared log-ratio of a blur head's variance per image (``sigma`` ``[B]``, pixels) to each sample's
-    known Gaussian blur variance (``target`` ``[B]`` σ; 0 = none; negative = unknown, e.g. motion blur,
-    skipped), both plus :data:`NO_BLUR_SIGMA`², the target capped at ``max_sigma``; 0 if none is known.
-
-    Why: the image losses' gradient with respect to a small blur vanishes (a kernel of σ ≈ 0.1 has no
-    side taps), and WQI's σ ~ U(0, 30) makes weak blur rare; the data knows each sample's σ.
-    """
-    known = target >= 0
-    if not bool(known.any()):
-        return sigma.sum() * 0
-    floor = NO_BLUR_SIGMA ** 2  # a smooth floor: a clamp would pass no gradient to a head still at σ ≈ 0.1
-    want = (target[known].float().clamp(max=max_sigma).to(sigma.device).square() + floor).log()
-    return ((sigma[known].square() + floor).log() - want).square().mean()
-
-
 class L1Loss(nn.Module):
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         _check_pair(y, y_hat)
