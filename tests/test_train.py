@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from redegrade.image import save_image
 from redegrade.train import losses as L
 from redegrade.train.__main__ import main as train_cli
 from redegrade.train.data import PairSampler, synthetic_images
@@ -504,6 +505,17 @@ def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_ou
     head = model.synthesis.noise_head
     for p in (head.code.weight, head.level[2].bias, head.level[2].weight, model.hden.head[2].weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_blur_max_sigma_reaches_the_wqi_mix(tmp_path):
+    from redegrade.train.loop import sampler_for
+
+    for i, im in enumerate(synthetic_images(2, 64, seed=0)):
+        save_image(im.float()[None] / 127.5 - 1, tmp_path / f"{i}.png")
+    s = sampler_for(tmp_path, TrainConfig(preset="tiny", crop=32, batch=4, blur_max_sigma=2.5))
+    draws = [s.degrade.sample(torch.Generator().manual_seed(k)) for k in range(200)]
+    sigmas = [d["gaussian_blur"]["sigma"] for d in draws if "gaussian_blur" in d]
+    assert len(sigmas) > 50 and max(sigmas) < 2.5 and max(sigmas) > 2.0
 
 
 def test_average_cli_writes_the_mean_of_the_checkpoints_weights(tmp_path):

@@ -53,6 +53,9 @@ D = TrainConfig()
               help="Weight of the pixel L1 on undegraded samples (they hold no noise, so pixels are fair).")
 @click.option("--jpeg-min", type=click.IntRange(1, 96), default=D.jpeg_min,
               help="Lowest JPEG quality of the WQI mix (CDD 30; lower shows heavier blocking).")
+@click.option("--blur-max-sigma", type=click.FloatRange(0, min_open=True), default=D.blur_max_sigma,
+              help="Largest Gaussian blur σ of the WQI mix, drawn uniformly below it (CDD 30; smaller "
+                   "makes weak blur common).")
 @click.option("--jpeg-prob", type=click.FloatRange(0, 1), default=D.jpeg_prob,
               help="Share of WQI samples that end with JPEG (CDD: 1); the rest end as 8-bit images.")
 @click.option("--noise-prob", type=click.FloatRange(0, 1), default=D.noise_prob,
@@ -98,7 +101,7 @@ D = TrainConfig()
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
          lambda_grid: float, lambda_quality: float, lambda_jpeg: float, lambda_noise: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
-         jpeg_prob: float, jpeg_min: int, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None, init_skip: str,
+         jpeg_prob: float, jpeg_min: int, blur_max_sigma: float, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None, init_skip: str,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
          lambda_gan: float,
@@ -126,7 +129,7 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
                          perceptual=perceptual, lambda_sim=lambda_sim, lambda_grid=lambda_grid,
                          lambda_quality=lambda_quality, lambda_jpeg=lambda_jpeg, lambda_noise=lambda_noise,
                          clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std,
-                         jpeg_prob=jpeg_prob, jpeg_min=jpeg_min,
+                         jpeg_prob=jpeg_prob, jpeg_min=jpeg_min, blur_max_sigma=blur_max_sigma,
                          pairs=pairs, freeze_bn=freeze_bn, train_only=train_only, init=str(init or ""),
                          init_skip=init_skip,
                          lambda_color=lambda_color,

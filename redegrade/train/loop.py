@@ -83,6 +83,7 @@ class TrainConfig:
     noise_std: float = 0.03        # WQI mean noise std, [0,1] units (CDD 0.03)
     jpeg_prob: float = 0.7         # WQI mix: CDD always compresses; noise a test sees is often not JPEG'd
     jpeg_min: int = 30             # lowest WQI JPEG quality (CDD 30)
+    blur_max_sigma: float = 30.0   # WQI Gaussian blur σ ~ U(0, this) (CDD 30: blur below σ 3 is rare)
     pairs: bool = True             # train on transfer: each sample synthesised from its partner's code
     freeze_bn: bool = False        # encoders' BatchNorm: statistics re-estimated once, then fixed (see train)
     train_only: str = ""           # comma-separated parameter-name prefixes to train; "" = all
@@ -286,7 +287,8 @@ class Trainer:
 
 def sampler_for(data: str | Path, config: TrainConfig) -> PairSampler:
     """The training-pair sampler ``config`` describes, over the photos under ``data``."""
-    wqi = WQIConfig(jpeg_prob=config.jpeg_prob, jpeg_min=config.jpeg_min, noise_prob=config.noise_prob, noise_mean_std=config.noise_std)
+    wqi = WQIConfig(jpeg_prob=config.jpeg_prob, jpeg_min=config.jpeg_min, noise_prob=config.noise_prob,
+                    noise_mean_std=config.noise_std, blur_max_sigma=config.blur_max_sigma)
     return PairSampler.from_folder(data, crop=config.crop, batch=config.batch, max_side=config.max_side,
                                    seed=config.seed, clean_prob=config.clean_prob, pairs=config.pairs, wqi=wqi)
 
