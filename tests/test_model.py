@@ -248,24 +248,29 @@ def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_leve
     m.zero_grad(set_to_none=True)
 
 
+def _fit_quality(m, x, code, target, params, *, lr: float, steps: int) -> torch.Tensor:
+    """Adam on ``params`` against ``QualityLoss(target, f̂(x, code))``, fresh noise each step; the output after."""
+    from redegrade.train.losses import QualityLoss
+
+    opt, loss = torch.optim.Adam(params, lr=lr), QualityLoss()
+    for step in range(steps):
+        out = m.synthesize(x, code, m.sample_noise(x, _gen(10 + step)))
+        opt.zero_grad()
+        loss(target, out).backward()
+        opt.step()
+    with torch.no_grad():
+        return m.synthesize(x, code, m.sample_noise(x, _gen(99)))
+
+
 def test_positive_noise_head_learns_a_noisy_targets_level_from_the_quality_loss():
     from redegrade.quality import noise_level
-    from redegrade.train.losses import QualityLoss
 
     m = _with(noise_head=True, noise_sigma="softplus").train()
     head = m.synthesis.noise_head
     x = torch.nn.functional.interpolate(_img(2, 4, 4), size=(32, 32), mode="bilinear")  # smooth
     target = (x + 2 * 0.08 * torch.randn(x.shape, generator=_gen(3))).clamp(-1, 1)
     code = m.encode(x).detach()
-    opt = torch.optim.Adam(head.parameters(), lr=0.05)
-    loss = QualityLoss()
-    for step in range(40):
-        out = m.synthesize(x, code, m.sample_noise(x, _gen(10 + step)))
-        opt.zero_grad()
-        loss(target, out).backward()
-        opt.step()
-    with torch.no_grad():
-        out = m.synthesize(x, code, m.sample_noise(x, _gen(99)))
+    out = _fit_quality(m, x, code, target, head.parameters(), lr=0.05, steps=40)
     before, after, want = (float(noise_level(t).mean()) for t in (x, out, target))
     assert after - before > 0.5 * (want - before), (before, after, want)
 
@@ -274,7 +279,6 @@ def test_noise_head_reads_the_global_code_and_learns_one_level_per_code():
     """With ``noise_code`` the head's level reads e_g directly: training only that read, two codes learn
     two noise levels (a weak and a strong one) on the same image."""
     from redegrade.quality import noise_level
-    from redegrade.train.losses import QualityLoss
 
     m = _with(noise_head=True, noise_sigma="softplus", noise_code=True).train()
     with torch.no_grad():  # the untrained U-Net adds noise of its own; leave ŷ = x + head's noise
@@ -286,15 +290,8 @@ def test_noise_head_reads_the_global_code_and_learns_one_level_per_code():
     code = DegradationCode(torch.randn(code.e_g.shape, generator=_gen(5)), code.e_l)  # two distinct codes
     sigmas = torch.tensor([0.02, 0.1]).view(2, 1, 1, 1)
     target = (x + 2 * sigmas * torch.randn(x.shape, generator=_gen(3))).clamp(-1, 1)
-    opt = torch.optim.Adam(head.code.parameters(), lr=3e-4)  # ×CODE_GAIN, ×Σ|e_g| ≈ 200: ≈1 per step
-    loss = QualityLoss()
-    for step in range(60):
-        out = m.synthesize(x, code, m.sample_noise(x, _gen(10 + step)))
-        opt.zero_grad()
-        loss(target, out).backward()
-        opt.step()
-    with torch.no_grad():
-        out = m.synthesize(x, code, m.sample_noise(x, _gen(99)))
+    # lr × CODE_GAIN × Σ|e_g| ≈ 200: ≈1 per step
+    out = _fit_quality(m, x, code, target, head.code.parameters(), lr=3e-4, steps=60)
     got, want = noise_level(out), noise_level(target)
     assert torch.allclose(got, want, rtol=0.3), (got, want)
 
