@@ -123,7 +123,7 @@ _PRESETS = {
     "paper": ModelConfig(),
     "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
                          noise_head=True, noise_sigma="softplus", noise_code=True, jpeg_head=True,
-                         jpeg_signature=True, grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
+                         jpeg_signature=True, noise_signature=True, grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         global_residual=True),
 }
