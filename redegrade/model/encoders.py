@@ -48,13 +48,13 @@ def noise_signature(y: torch.Tensor) -> torch.Tensor:
     photos, and weak noise transferred 0.1 of the way; these statistics see it directly (the coarser
     scales keep JPEG-compressed noise, whose finest band JPEG removes). ≈0 for a clean photo's texture.
     """
-    from redegrade.quality import haar_hh, to_unit
+    from redegrade.quality import _MAD_TO_STD, haar_hh, to_unit
 
     u, feats = to_unit(y), []
     for _ in range(3):
         hh = haar_hh(u).abs().flatten(2)  # [B,3,N]
         quarter = hh.topk(max(1, hh.shape[-1] // 4), dim=-1, largest=False).values.mean(dim=-1)
-        for stat in (hh.median(dim=-1).values / 0.6745, quarter):
+        for stat in (hh.median(dim=-1).values / _MAD_TO_STD, quarter):
             feats.append(((stat + 1e-3) / 0.01).log())
         u = nn.functional.avg_pool2d(u, 2)
     return torch.cat(feats, dim=1)
