@@ -248,6 +248,26 @@ def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_leve
     m.zero_grad(set_to_none=True)
 
 
+def test_noise_head_output_std_is_the_std_of_the_noise_it_adds():
+    """``output_std`` counts the colour kernel's gain: with a trained kernel (gains ≠ 1) σ alone is not the
+    noise the head draws, and the noise loss must see what it draws."""
+    from redegrade.model.layers import NoiseHead
+
+    torch.manual_seed(0)
+    head = NoiseHead(4, 2, positive=True, dim_g=5)
+    with torch.no_grad():
+        head.mix.weight.mul_(torch.tensor([0.5, 0.8, 1.3]).view(3, 1, 1, 1))
+        head.mix.weight[:, :, 0, 1] += 0.2
+        head.level[2].weight.normal_(std=0.3)  # σ varies over the image
+    feat, e, e_g = torch.randn(2, 4, 64, 64), torch.randn(2, 2, 32, 32), torch.randn(2, 5)
+    with torch.no_grad():
+        sigma = head.sigma_map(feat, e, e_g)
+        draws = torch.stack([head(feat, e, torch.randn(2, 3, 64, 64), e_g) for _ in range(200)])
+        std = head.output_std(feat, e, e_g)
+    torch.testing.assert_close(draws.std(dim=0).mean(dim=(0, 2, 3)), std.mean(dim=(0, 2, 3)), rtol=0.03, atol=0)
+    assert not torch.allclose(std.mean(dim=(0, 2, 3)), sigma.mean(dim=(0, 2, 3)), rtol=0.1)
+
+
 def _fit_quality(m, x, code, target, params, *, lr: float, steps: int) -> torch.Tensor:
     """Adam on ``params`` against ``QualityLoss(target, f̂(x, code))``, fresh noise each step; the output after."""
     from redegrade.train.losses import QualityLoss

@@ -503,7 +503,8 @@ def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_ou
     model.zero_grad()
     terms["noise"].backward()
     head = model.synthesis.noise_head
-    for p in (head.code.weight, head.level[2].bias, head.level[2].weight, model.hden.head[2].weight):
+    for p in (head.code.weight, head.level[2].bias, head.level[2].weight, head.mix.weight,
+              model.hden.head[2].weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 

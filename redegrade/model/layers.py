@@ -172,6 +172,13 @@ class NoiseHead(nn.Module):
         # σ ≤ 1 (half the [-1,1] range) keeps an early bad step from blowing the output up
         return F.softplus(s).clamp(max=1)
 
+    def output_std(self, feat: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor | None = None) -> torch.Tensor:
+        """The standard deviation ``[B,3,H,W]`` of the noise the head adds: σ times the gain of ``mix``
+        (each output channel of k∗z, z i.i.d. N(0,1), has std ‖k_c‖₂; the shipped model's gains were 0.5–0.8,
+        so a σ matched to the target drew two thirds of the noise)."""
+        gain = self.mix.weight.flatten(1).norm(dim=1)
+        return self.sigma_map(feat, e, e_g) * gain[None, :, None, None].to(feat.dtype)
+
     def forward(self, feat: torch.Tensor, e: torch.Tensor, z: torch.Tensor, e_g: torch.Tensor | None = None
                 ) -> torch.Tensor:
         return self.sigma_map(feat, e, e_g) * self.mix(z.to(feat.dtype))

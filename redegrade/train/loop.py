@@ -196,7 +196,7 @@ class Trainer:
             steps = head.multipliers(m.degradation_map(code_hat), code_hat.e_g, x.shape[-2:])
             terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
         if supervise_noise:
-            terms["noise"] = L.noise_level_loss(noise_head.sigma_map(feat, e, e_g), noise_std)
+            terms["noise"] = L.noise_level_loss(noise_head.output_std(feat, e, e_g), noise_std)
         if clean is not None and c.lambda_clean:
             per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
             terms["clean"] = (per_sample * clean.to(per_sample)).mean()

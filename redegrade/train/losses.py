@@ -289,9 +289,9 @@ NO_NOISE_SIGMA = 0.005
 
 
 def noise_level_loss(sigma: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Squared log-ratio of a noise head's mean level per sample (``sigma`` ``[B,3,H,W]``, ``[-1,1]`` units)
-    to the Gaussian noise each sample's target carries (``std`` ``[B]``, ``[0,1]`` units; 0 = none →
-    :data:`NO_NOISE_SIGMA`), averaged.
+    """Squared log-ratio of a noise head's mean output std per sample (``sigma`` ``[B,3,H,W]``, ``[-1,1]``
+    units, :meth:`NoiseHead.output_std`) to the Gaussian noise each sample's target carries (``std`` ``[B]``,
+    ``[0,1]`` units; 0 = none → :data:`NO_NOISE_SIGMA`), averaged.
 
     Why: in the WQI mix most noise is JPEG-compressed afterwards, where rounding passes the head no
     gradient, and clean or blurred samples pull its level down; a grafted head trained on the image
