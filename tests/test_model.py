@@ -473,6 +473,28 @@ def test_jpeg_signature_sees_jpeg_on_its_grid_but_not_blur_noise_or_a_shifted_gr
     assert s["q50"] > 5 and s["q20"] > 5, s
 
 
+def test_jpeg_lattice_reads_the_quality_through_noise_and_nothing_without_jpeg():
+    """The lattice feature names the libjpeg quality a crop was saved at (±2) whether or not noise came
+    before the JPEG, and stays ≈0 for clean, noisy, blurred or off-grid images."""
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from redegrade.degradations import jpeg
+    from redegrade.image import pil_to_tensor
+    from redegrade.model.encoders import LATTICE_QUALITIES, jpeg_lattice
+
+    x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((72, 72), Image.Resampling.LANCZOS))
+    noisy = (x + 2 * 0.05 * torch.randn(x.shape, generator=_gen(0))).clamp(-1, 1)
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    for q in (20, 50, 75, 90):
+        for src in (x, noisy):
+            f = jpeg_lattice(jpeg.decode(jpeg.encode((src + 1) / 2, q)) * 2 - 1)[0]
+            assert f.sum() > 0.5 and abs(LATTICE_QUALITIES[int(f.argmax())] - q) <= 2, (q, f.sum(), f.argmax())
+    shifted = (jpeg.decode(jpeg.encode((x + 1) / 2, 50)) * 2 - 1)[..., 3:, 3:]
+    for name, t in {"clean": x, "noise": noisy, "blur": blurred, "shifted": shifted}.items():
+        assert float(jpeg_lattice(t).sum()) < 0.1, name
+
+
 def test_noise_signature_grows_with_noise_and_still_sees_it_after_jpeg():
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image
@@ -494,7 +516,9 @@ def test_noise_signature_grows_with_noise_and_still_sees_it_after_jpeg():
     assert (sig["noisy"][1] > sig["clean"][1] + 0.3).all(), sig
 
 
-def test_a_warm_start_adds_the_signature_path_fresh_and_it_moves_only_jpeg_codes(tmp_path):
+@pytest.mark.parametrize("field, fresh", [("jpeg_signature", "hden.jpeg.weight"),
+                                          ("jpeg_lattice", "hden.lattice.weight")])
+def test_a_warm_start_adds_the_signature_path_fresh_and_it_moves_only_jpeg_codes(tmp_path, field, fresh):
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image
 
@@ -504,8 +528,8 @@ def test_a_warm_start_adds_the_signature_path_fresh_and_it_moves_only_jpeg_codes
 
     src = _with()
     save_state(src, tmp_path / "src")
-    dst = _with(jpeg_signature=True)
-    assert warm_start(dst, tmp_path / "src") == ["hden.jpeg.weight"]
+    dst = _with(**{field: True})
+    assert warm_start(dst, tmp_path / "src") == [fresh]
     x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((64, 64), Image.Resampling.LANCZOS))
     q20 = jpeg.decode(jpeg.encode((x + 1) / 2, 20)) * 2 - 1
     with torch.no_grad():

@@ -55,6 +55,9 @@ class ModelConfig:
     jpeg_signature: bool = False
     """HDEN also reads a fixed JPEG signature of y (near-zero DCT coefficients on the 8×8 grid vs off it;
     not in CDD; see :func:`~redegrade.model.encoders.jpeg_signature`)."""
+    jpeg_lattice: bool = False
+    """HDEN also reads which libjpeg quality's luma steps y's DCT coefficients sit on (not in CDD; see
+    :func:`~redegrade.model.encoders.jpeg_lattice`)."""
     noise_signature: bool = False
     """HDEN also reads fixed robust noise estimates of y (Haar diagonal band at three scales; not in CDD;
     see :func:`~redegrade.model.encoders.noise_signature`)."""
@@ -123,7 +126,8 @@ _PRESETS = {
     "paper": ModelConfig(),
     "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
                          noise_head=True, noise_sigma="softplus", noise_code=True, jpeg_head=True,
-                         jpeg_signature=True, noise_signature=True, grid_phase=True, quant_step_g=0.1, quant_step_l=0.1),
+                         jpeg_signature=True, jpeg_lattice=True, noise_signature=True, grid_phase=True,
+                         quant_step_g=0.1, quant_step_l=0.1),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         global_residual=True),
 }

@@ -83,7 +83,7 @@ class UniversalDegradationModel(nn.Module):
         super().__init__()
         self.config = config = config or ModelConfig()
         self.hden = HDEN(width=config.enc_width, dim_g=config.dim_g, kernel=config.enc_kernel,
-                         signature=config.jpeg_signature,
+                         signature=config.jpeg_signature, lattice=config.jpeg_lattice,
                          noise_signature=config.noise_signature)
         self.iden = IDEN(width=config.enc_width, c_l=config.c_l, kernel=config.enc_kernel)
         self.entropy_g = CodeEntropyModel(config.dim_g, mlp_layers=config.entropy_mlp_layers, step=config.quant_step_g)
