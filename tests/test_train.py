@@ -473,6 +473,30 @@ def test_jpeg_step_loss_tells_the_code_the_known_quality():
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+def test_jpeg_steps_from_label_keeps_the_image_losses_off_the_steps_but_not_the_label():
+    from redegrade.model import ModelConfig, UniversalDegradationModel
+
+    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "jpeg_head": True, "jpeg_lattice": True})
+    b = _sampler(crop=32, batch=4).sample(0)
+    quality = torch.tensor([20, 0, 50, 90])
+    grads = {}
+    for from_label in (False, True):
+        torch.manual_seed(0)
+        trainer = Trainer(UniversalDegradationModel(cfg), TrainConfig(
+            preset="tiny", lambda_contra=0.0, lambda_diver=0.0, jpeg_steps_from_label=from_label))
+        terms = trainer.losses(b.x, b.y, b.y_pos, torch.Generator().manual_seed(0), None, None, quality)[1]
+        head = trainer.model.synthesis.jpeg_head
+        (terms["sim"] + terms["grid"]).backward(retain_graph=True)
+        image = head.scale.weight.grad
+        head.zero_grad(set_to_none=True)
+        terms["jpeg"].backward()
+        grads[from_label] = (image, head.scale.weight.grad, trainer.model.hden.lattice.weight.grad)
+    assert grads[False][0] is not None and grads[False][0].abs().sum() > 0
+    assert grads[True][0] is None or grads[True][0].abs().sum() == 0
+    for g in grads[True][1:]:
+        assert g is not None and g.abs().sum() > 0
+
+
 def test_sampler_records_each_samples_noise_std():
     s = PairSampler(synthetic_images(4, 64, seed=0), crop=32, batch=32, seed=0, clean_prob=0.25, pairs=True)
     b = s.sample(0)
@@ -485,9 +509,12 @@ def test_sampler_records_each_samples_noise_std():
 def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_output_alone():
     from redegrade.model import ModelConfig, UniversalDegradationModel
 
-    sigma = torch.tensor([0.06, L.NO_NOISE_SIGMA]).view(2, 1, 1, 1).expand(2, 3, 4, 4)
+    sigma = torch.tensor([0.06, 0.0]).view(2, 1, 1, 1).expand(2, 3, 4, 4)
     assert float(L.noise_level_loss(sigma, torch.tensor([0.03, 0.0]))) == pytest.approx(0.0, abs=1e-10)
     assert float(L.noise_level_loss(sigma, torch.tensor([0.06, 0.0]))) > 0.1
+    # without noise the level is pulled towards 0, not held at a floor
+    faint = [float(L.noise_level_loss(torch.full((1, 3, 4, 4), s), torch.zeros(1))) for s in (0.0044, 0.001)]
+    assert faint[0] > 0.2 and faint[1] < 0.05, faint
     torch.manual_seed(0)
     cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "noise_head": True, "noise_sigma": "softplus",
                          "noise_code": True})

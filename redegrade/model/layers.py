@@ -215,6 +215,9 @@ class JpegHead(nn.Module):
         nn.init.normal_(self.scale.weight, std=1e-3)
         nn.init.constant_(self.scale.bias, math.log(math.expm1(init_scale)) / self.GAIN)
         self.max_scale = max_scale
+        #: Training switch (not saved): the image losses see the steps as fixed, so only
+        #: ``jpeg_step_loss`` moves them (see ``TrainConfig.jpeg_steps_from_label``).
+        self.steps_from_label = False
         luma, chroma = quantization_tables(50)
         # not persistent: fixed constants, not weights (checkpoints stay free of them)
         self.register_buffer("tables", torch.stack([luma, chroma]), persistent=False)
@@ -230,6 +233,8 @@ class JpegHead(nn.Module):
         from redegrade.degradations.jpeg import quantise_444
 
         m = self.multipliers(e, e_g, y.shape[-2:]).to(y.dtype)
+        if self.steps_from_label:
+            m = m.detach()
         steps = m[..., None, None] * self.tables.to(y.dtype)[None, :, None, None]  # [B,2,H/8,W/8,8,8]
         out = quantise_444((y + 1) * 127.5, steps[:, 0], steps[:, 1])
         return out / 127.5 - 1

@@ -58,6 +58,7 @@ class TrainConfig:
     lambda_grid: float = 1.0       # JPEG blocking pattern (GridLoss; not in CDD, whose DISTS sees blocks)
     lambda_quality: float = 1.0    # per-image noise/sharpness/blockiness match (QualityLoss; not in CDD)
     lambda_jpeg: float = 1.0       # JPEG head's step vs the sample's known quality (jpeg_step_loss; not in CDD)
+    jpeg_steps_from_label: bool = False  # only jpeg_step_loss moves the JPEG head's steps (see Trainer)
     lambda_noise: float = 0.0      # noise head's level vs the sample's known noise (noise_level_loss; not in CDD)
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0
@@ -119,6 +120,11 @@ class Trainer:
     def __post_init__(self) -> None:
         c = self.config
         self.model.to(self.device).train()
+        head = getattr(self.model.synthesis, "jpeg_head", None)
+        if head is not None:
+            # The image losses pushed the steps to 1.5-2x libjpeg's for noise JPEG'd afterwards, even at
+            # --lambda-jpeg 10, so the head rounded the noise away; its steps have a label, so use only that.
+            head.steps_from_label = c.jpeg_steps_from_label
         self.perceptual = L.perceptual(c.perceptual, pretrained_backbone=c.pretrained_backbone, seed=c.seed
                                        ).to(self.device)
         self.grid = L.GridLoss()
