@@ -571,7 +571,25 @@ def test_train_only_updates_just_the_named_parts():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = Trainer(model, TrainConfig(preset="tiny", crop=32, batch=4, train_only="synthesis.conv_last,hden.head"))
     trainer.step(_sampler(crop=32, batch=4))
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n]) and not n.endswith("quantiles")}
+    # the entropy quantiles too: their medians are the codes' rounding grid
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.startswith(("synthesis.conv_last", "hden.head")) for n in changed), changed
     with pytest.raises(Exception, match="matches no parameter"):
         Trainer(build_model("tiny"), TrainConfig(preset="tiny", train_only="nothing.here"))
+
+
+def test_a_graft_with_freeze_bn_keeps_the_inits_batchnorm_statistics(tmp_path):
+    """Re-estimating the frozen encoders' statistics changes the codes a graft must keep; a whole-model
+    fine-tune with --freeze-bn still re-estimates them."""
+    from redegrade.model.io import save_state
+
+    torch.manual_seed(0)
+    init = build_model("tiny")
+    save_state(init, tmp_path / "init")
+    stats = {k: v.clone() for k, v in init.state_dict().items() if "running" in k}
+    for train_only, kept in (("synthesis.conv_last", True), ("", False)):
+        cfg = TrainConfig(preset="tiny", crop=32, batch=2, steps=1, freeze_bn=True, init=str(tmp_path / "init"),
+                          train_only=train_only, lambda_contra=0.0, checkpoint_every=1)
+        model = train(_sampler(batch=2), cfg, tmp_path / f"run{kept}", progress=False).model
+        same = all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+        assert same == kept, train_only

@@ -73,7 +73,9 @@ D = TrainConfig()
                    "training computes codes as inference does (for fine-tunes of a trained model).")
 @click.option("--train-only", default=D.train_only,
               help="Comma-separated parameter-name prefixes to train, the rest frozen (e.g. "
-                   "'hden.jpeg,synthesis.jpeg_head' grafts the JPEG parts onto a trained model); default all.")
+                   "'hden.jpeg,synthesis.jpeg_head' grafts the JPEG parts onto a trained model); default all. The "
+                   "rest keeps what it computed: its entropy quantiles and (with --freeze-bn) BatchNorm "
+                   "statistics stay as --init had them.")
 @click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
               help="Warm start a new run from this redegrader folder or checkpoint: weights whose names "
                    "match are copied, new input channels start at zero, new layers fresh.")

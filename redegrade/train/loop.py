@@ -131,9 +131,14 @@ class Trainer:
         self.quality = L.QualityLoss()
         self.moco = MoCo(self.model.hden, dim=self._dim_g(), queue_size=c.queue, momentum=c.momentum,
                          temperature=c.temperature, seed=c.seed).to(self.device)
+        prefixes = split_prefixes(c.train_only)
         aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
         aux_ids = {id(p) for p in aux}
-        prefixes = split_prefixes(c.train_only)
+        if prefixes:  # the quantiles' medians are the rounding grid: a graft keeps the codes it had
+            aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles") and n.startswith(prefixes)]
+            for n, p in self.model.named_parameters():
+                if id(p) in aux_ids and not n.startswith(prefixes):
+                    p.requires_grad_(False)
         main = []
         for n, p in self.model.named_parameters():
             if id(p) in aux_ids:
@@ -356,7 +361,11 @@ def train(sampler: PairSampler, config: TrainConfig, out: str | Path, *, resume:
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d", ckpt, trainer.step_count)
     if config.freeze_bn:
-        if state is None:
+        if state is None and config.train_only:
+            # Re-estimated statistics (3-10 % off the init's) made a head-only graft's frozen encoders
+            # give other codes: weak blur moved 0.2 of the way instead of 0.71.
+            log.info("--freeze-bn with --train-only: the init's BatchNorm statistics are kept")
+        elif state is None:
             n = recalibrate_bn(model, sampler, device=device)
             log.info("--freeze-bn: re-estimated %d BatchNorm layers over %d batches", n, BN_BATCHES)
         freeze_bn(model)
