@@ -515,9 +515,6 @@ def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_ou
     # without noise the level is pulled towards 0, not held at a floor
     faint = [float(L.noise_level_loss(torch.full((1, 3, 4, 4), s), torch.zeros(1))) for s in (0.0044, 0.001)]
     assert faint[0] > 0.2 and faint[1] < 0.05, faint
-    # each channel carries the noise: a right mean with unequal channels is wrong
-    skewed = torch.tensor([0.03, 0.06, 0.09]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
-    assert float(L.noise_level_loss(skewed, torch.tensor([0.03]))) > 0.05
     torch.manual_seed(0)
     cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "noise_head": True, "noise_sigma": "softplus",
                          "noise_code": True})

@@ -291,7 +291,7 @@ NOISE_LOG_OFFSET = 0.005
 def noise_level_loss(sigma: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Squared difference of log(s + ε) between a noise head's mean output std per sample (``sigma``
     ``[B,3,H,W]``, ``[-1,1]`` units, :meth:`NoiseHead.output_std`) and the Gaussian noise each sample's
-    target carries (``std`` ``[B]``, ``[0,1]`` units, 0 for none), per channel, averaged; ε = :data:`NOISE_LOG_OFFSET`.
+    target carries (``std`` ``[B]``, ``[0,1]`` units, 0 for none), averaged; ε = :data:`NOISE_LOG_OFFSET`.
 
     Why: in the WQI mix most noise is JPEG-compressed afterwards, where rounding passes the head no
     gradient, and clean or blurred samples pull its level down; a grafted head trained on the image
@@ -301,10 +301,8 @@ def noise_level_loss(sigma: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     towards 0: a floor at ε instead left 0.0022 ([0,1] units) of noise on blurred sources, which is as
     much high-frequency energy as a σ = 1.5 blur leaves, and weak blur moved 0.30 of the way, not 0.57.
     """
-    want = 2 * std.float().to(sigma.device)[:, None]
-    # per channel, as WQI's noise is: matched on the mean alone, the head drew blue at 2.5x green, and
-    # the luma, which JPEG keeps best, got too little
-    got = sigma.mean(dim=(2, 3))
+    want = 2 * std.float().to(sigma.device)
+    got = sigma.mean(dim=(1, 2, 3))
     return ((got + NOISE_LOG_OFFSET).log() - (want + NOISE_LOG_OFFSET).log()).square().mean()
 
 
