@@ -132,19 +132,14 @@ class Trainer:
         self.moco = MoCo(self.model.hden, dim=self._dim_g(), queue_size=c.queue, momentum=c.momentum,
                          temperature=c.temperature, seed=c.seed).to(self.device)
         prefixes = split_prefixes(c.train_only)
-        aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
-        aux_ids = {id(p) for p in aux}
-        if prefixes:  # the quantiles' medians are the rounding grid: a graft keeps the codes it had
-            aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles") and n.startswith(prefixes)]
-            for n, p in self.model.named_parameters():
-                if id(p) in aux_ids and not n.startswith(prefixes):
-                    p.requires_grad_(False)
-        main = []
+        main, aux = [], []
         for n, p in self.model.named_parameters():
-            if id(p) in aux_ids:
-                continue
             if prefixes and not n.startswith(prefixes):
-                p.requires_grad_(False)  # a graft: the rest of the model keeps exactly what it computed
+                # a graft: the rest of the model keeps exactly what it computed, the entropy quantiles
+                # included (their medians are the codes' rounding grid)
+                p.requires_grad_(False)
+            elif n.endswith("quantiles"):
+                aux.append(p)
             else:
                 main.append(p)
         if not main:
