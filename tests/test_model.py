@@ -1,6 +1,8 @@
 """The universal degradation model: shapes, noise inventory, quantisation, gradients, loading."""
 import json
 
+import math
+
 import pytest
 import torch
 
@@ -411,6 +413,31 @@ def test_jpeg_head_at_libjpegs_table_scale_blocks_like_real_jpeg():
         clean = blockiness(x)
         assert float(real - clean) > 0.2
         assert abs(float(ours - real)) < 0.25 * float(real - clean), (q, float(ours), float(real), float(clean))
+
+
+def test_jpeg_head_with_subsampling_reproduces_pils_low_quality_jpeg():
+    """PIL writes 4:2:0: at quality 12 rounding the DCT alone leaves most of the file's error."""
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from redegrade.degradations import jpeg
+    from redegrade.image import pil_to_tensor
+    from redegrade.metrics import psnr
+    from redegrade.model.layers import JpegHead
+
+    x = pil_to_tensor(Image.fromarray(skdata.astronaut()).resize((64, 64), Image.Resampling.LANCZOS))
+    real = jpeg.decode(jpeg.encode((x + 1) / 2, 12)) * 2 - 1
+    luma50, _ = jpeg.quantization_tables(50)
+    luma12, _ = jpeg.quantization_tables(12)
+    e, e_g = torch.zeros(1, 4, 32, 32), torch.zeros(1, 8)
+    scores = {}
+    for subsample in (False, True):
+        head = JpegHead(4, 8, subsample=subsample)
+        ratio = float(luma12[0, 0] / luma50[0, 0])  # the head's smooth cap: m = 10·tanh(raw / 10)
+        _set_jpeg_multiplier(head, head.max_scale * math.atanh(ratio / head.max_scale))
+        with torch.no_grad():
+            scores[subsample] = psnr(head(x, e, e_g).clamp(-1, 1), real)
+    assert scores[True] > 33 and scores[True] > scores[False] + 4, scores
 
 
 def test_jpeg_head_starts_near_identity():

@@ -188,43 +188,56 @@ def quantise_planes(plane: torch.Tensor, table: torch.Tensor,
     return _unblocks(d.T @ coef @ d)
 
 
+def quantise_ycc(x: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor, *, subsample: bool = True,
+                 quantiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _round_ste_to_step) -> torch.Tensor:
+    """JPEG's lossy steps on ``x`` ``[B,3,H,W]`` RGB in 0..255, without clamping: RGB → YCbCr, chroma
+    2×2 average-pooled when ``subsample`` (4:2:0, as PIL and OpenCV write by default), 8×8 DCT rounded
+    to ``quantiser(coef, table)``, IDCT, chroma upsampled back, → RGB.
+
+    ``luma``/``chroma`` are ``[8,8]`` or one table per 8×8 luma block ``[B,H/8,W/8,8,8]`` (chroma's
+    per-block tables are then averaged over the 2×2 luma blocks each chroma block covers). Sizes that
+    are not multiples of 16 (8 without subsampling) are edge-padded, as libjpeg pads partial MCUs.
+    """
+    b, _, h, w = x.shape
+    mcu = 16 if subsample else 8
+    ph, pw = -h % mcu, -w % mcu
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        luma, chroma = (_pad_blocks(t, ph // 8, pw // 8) for t in (luma, chroma))
+    ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x)
+    y = quantise_planes(ycc[:, 0] - 128, luma, quantiser) + 128
+    cbcr = ycc[:, 1:]
+    if subsample:
+        cbcr = F.avg_pool2d(cbcr, 2)
+        if chroma.dim() == 5:  # [B,H/8,W/8,8,8] → [B,H/16,W/16,8,8]
+            chroma = F.avg_pool2d(chroma.flatten(3).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1).unflatten(3, (8, 8))
+    hc, wc = cbcr.shape[-2:]
+    planes = cbcr.reshape(b * 2, hc, wc)
+    table = chroma.repeat_interleave(2, dim=0) if chroma.dim() == 5 else chroma
+    cbcr = quantise_planes(planes, table, quantiser).view(b, 2, hc, wc)
+    if subsample:
+        # libjpeg's "fancy" h2v2 upsampling is the ¾/¼ triangle filter = bilinear with half-pixel centres.
+        cbcr = F.interpolate(cbcr, scale_factor=2, mode="bilinear", align_corners=False)
+    rgb = torch.einsum("ij,bjhw->bihw", _YCBCR_TO_RGB.to(x), torch.cat([y[:, None], cbcr], 1))
+    return rgb[..., :h, :w]
+
+
+def _pad_blocks(table: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
+    """Edge-pad a per-block table ``[B,nh,nw,8,8]`` by ``bh``/``bw`` blocks; ``[8,8]`` passes unchanged."""
+    if table.dim() != 5 or not (bh or bw):
+        return table
+    t = table.permute(0, 3, 4, 1, 2).flatten(1, 2)
+    t = F.pad(t, (0, bw, 0, bh), mode="replicate")
+    return t.unflatten(1, (8, 8)).permute(0, 3, 4, 1, 2)
+
+
 def diff_jpeg(u: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
     """Differentiable JPEG (4:2:0) of ``u`` (``[B,3,H,W]`` in ``[0,1]``) with the given ``[8,8]`` tables.
 
     Returns ``[B,3,H,W]`` in ``[0,1]`` (clamped, as a decoder clamps to 8 bits; RSG's version does
-    not clamp). Sizes that are not multiples of 16 are edge-padded, as libjpeg pads partial MCUs.
+    not clamp).
     """
-    b, _, h, w = u.shape
-    ph, pw = -h % 16, -w % 16
-    x = u * 255.0
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x)
-    ycc = ycc + torch.tensor([0.0, 128.0, 128.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    y = quantise_planes(ycc[:, 0] - 128, luma) + 128
-    cbcr = F.avg_pool2d(ycc[:, 1:], 2) - 128
-    hc, wc = cbcr.shape[-2:]
-    cbcr = quantise_planes(cbcr.reshape(b * 2, hc, wc), chroma).view(b, 2, hc, wc) + 128
-    # libjpeg's "fancy" h2v2 upsampling is the ¾/¼ triangle filter = bilinear with half-pixel centres.
-    cbcr = F.interpolate(cbcr, scale_factor=2, mode="bilinear", align_corners=False)
-    ycc = torch.cat([y[:, None], cbcr], 1) - torch.tensor([0.0, 128.0, 128.0], device=x.device,
-                                                          dtype=x.dtype).view(1, 3, 1, 1)
-    rgb = torch.einsum("ij,bjhw->bihw", _YCBCR_TO_RGB.to(x), ycc)
-    return rgb[..., :h, :w].clamp(0, 255) / 255.0
-
-
-def quantise_444(x: torch.Tensor, luma: torch.Tensor, chroma: torch.Tensor,
-                 quantiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = round_to_step) -> torch.Tensor:
-    """JPEG's lossy step without chroma subsampling or clamping: ``x`` ``[B,3,H,W]`` RGB in 0..255
-    (H, W multiples of 8) → YCbCr → per-plane 8×8 DCT quantisation → RGB.
-
-    ``luma``/``chroma`` are ``[8,8]`` or per block ``[B,H/8,W/8,8,8]``. Used by the degradation model's
-    JPEG head, where tiny steps must give back ``x`` (hence no 4:2:0 and no clamp).
-    """
-    ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(x), x)
-    planes = [quantise_planes(ycc[:, 0] - 128, luma, quantiser) + 128]
-    planes += [quantise_planes(ycc[:, c], chroma, quantiser) for c in (1, 2)]
-    return torch.einsum("ij,bjhw->bihw", _YCBCR_TO_RGB.to(x), torch.stack(planes, 1))
+    return quantise_ycc(u * 255.0, luma, chroma).clamp(0, 255) / 255.0
 
 
 class JPEG(Degradation):

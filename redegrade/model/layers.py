@@ -194,6 +194,7 @@ class JpegHead(nn.Module):
     says how many coefficients a larger step would zero). Why: after 22k steps the U-Net alone
     reproduced 0.09 of a q=20 JPEG's blockiness; a grid of independently rounded DCT coefficients is
     hard to draw with 3×3 convolutions. m starts at ``init_scale`` (quality ≈ 95) for every input.
+    With ``subsample`` chroma is 2×2-averaged before and upsampled after (4:2:0, JPEG's default).
     """
 
     #: The 1×1 conv's output is multiplied by this (its weights stored divided by it), as StyleGAN's
@@ -202,8 +203,10 @@ class JpegHead(nn.Module):
     #: fine-tune at lr 2.5e-4 had reached 0.2 after 1000 steps and every input still got the same step.
     GAIN = 50.0
 
-    def __init__(self, map_channels: int, dim_g: int, init_scale: float = 0.1, max_scale: float = 10.0):
+    def __init__(self, map_channels: int, dim_g: int, init_scale: float = 0.1, max_scale: float = 10.0,
+                 *, subsample: bool = False):
         super().__init__()
+        self.subsample = subsample
         from redegrade.degradations.jpeg import quantization_tables
 
         self.scale = nn.Conv2d(map_channels, 2, 1)
@@ -230,13 +233,16 @@ class JpegHead(nn.Module):
         return self.max_scale * torch.tanh(m / self.max_scale)
 
     def forward(self, y: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor) -> torch.Tensor:
-        from redegrade.degradations.jpeg import quantise_444
+        from redegrade.degradations.jpeg import quantise_ycc, round_to_step
 
         m = self.multipliers(e, e_g, y.shape[-2:]).to(y.dtype)
         if self.steps_from_label:
             m = m.detach()
         steps = m[..., None, None] * self.tables.to(y.dtype)[None, :, None, None]  # [B,2,H/8,W/8,8,8]
-        out = quantise_444((y + 1) * 127.5, steps[:, 0], steps[:, 1])
+        # baseline JPEG stores steps as bytes: libjpeg caps them at 255 (most high frequencies below q≈20)
+        steps = torch.minimum(steps, steps.new_tensor(255.0))
+        out = quantise_ycc((y + 1) * 127.5, steps[:, 0], steps[:, 1], subsample=self.subsample,
+                           quantiser=round_to_step)
         return out / 127.5 - 1
 
 
