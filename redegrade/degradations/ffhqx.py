@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 
+import torch
+
 from redegrade.degradations.base import Composed, Degradation, sub_seed
 from redegrade.degradations.inpaint import Strokes
 from redegrade.degradations.jpeg import JPEG
@@ -106,3 +108,38 @@ def benchmark_tasks(names: list[str] | None = None) -> list[tuple[str, str]]:
         levels = LEVELS if n in TASKS_SINGLE else (COMPOSED_LEVEL,)
         out += [(n, lv) for lv in levels]
     return out
+
+
+class FFHQXMix:
+    """FFHQ-X as a training mix, as the paper trained its FFHQ model for GAN inversion (tech-facts
+    §1.12(b)): each sample gets one of RSG's 31 tasks (20 single tasks × levels, 11 combinations at M),
+    drawn uniformly. Callable ``(x, generator) -> (y, params)`` like :class:`~redegrade.degradations.wqi.WQIMix`.
+
+    ``x`` is a square ``[1,3,R,R]`` in ``[-1,1]``; tasks are built for R. Where U makes ``y`` smaller
+    it is resized back to R (area/bicubic, as the restore CLI brings every observation to the prior's
+    size), so the model learns the degradation the inversion will show it. ``params`` holds the task,
+    level and seed, and ``{"jpeg": {"quality": q}}`` when the task compresses (the JPEG head's label).
+    """
+
+    def __init__(self, tasks: list[str] | None = None):
+        self.units = benchmark_tasks(tasks)
+
+    def sample(self, generator: torch.Generator) -> dict:
+        name, level = self.units[int(torch.randint(len(self.units), (1,), generator=generator))]
+        params: dict = {"task": name, "level": level,
+                        "seed": int(torch.randint(2 ** 62, (1,), generator=generator))}
+        if "A" in name:
+            params["jpeg"] = {"quality": QUALITIES[level]}
+        return params
+
+    @torch.no_grad()
+    def apply(self, x: torch.Tensor, params: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Apply a parameter set from :meth:`sample` (deterministic: every draw comes from its seed)."""
+        from redegrade.image import resize
+
+        deg = task(params["task"], params["level"], resolution=x.shape[-1], seed=params["seed"])
+        return resize(deg.apply(x), tuple(x.shape[-2:]))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        params = self.sample(generator)
+        return self.apply(x, params), params

@@ -9,7 +9,7 @@ import torch
 
 from redegrade.cli import setup_logging, user_errors
 from redegrade.settings import resolve_device
-from redegrade.train.loop import TrainConfig, sampler_for, train
+from redegrade.train.loop import MIXES, TrainConfig, sampler_for, train
 from redegrade.train.losses import PERCEPTUAL
 
 log = logging.getLogger("redegrade.train")
@@ -22,8 +22,9 @@ D = TrainConfig()
                    "with the WQI mix. Get photos with `python -m redegrade.train.photos --out DIR`.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: checkpoint.pt (resumable), log.jsonl (one line per step), redegrader/ (inference).")
-@click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default=D.preset,
-              help="Model size: tiny (tests), small (CPU), paper (CDD sizes, for CUDA).")
+@click.option("--preset", type=click.Choice(["tiny", "small", "small-ffhqx", "paper"]), default=D.preset,
+              help="Model size: tiny (tests), small (CPU), small-ffhqx (small with a 4:2:0 JPEG head), paper "
+                   "(CDD sizes, for CUDA).")
 @click.option("--steps", type=click.IntRange(1), default=D.steps, help="Total steps (a resumed run counts earlier ones).")
 @click.option("--batch", type=click.IntRange(1), default=D.batch, help="Crops per step.")
 @click.option("--crop", type=click.IntRange(16), default=D.crop, help="Crop side in pixels (multiple of 8; CDD WQI: 128).")
@@ -65,6 +66,9 @@ D = TrainConfig()
               help="WQI: probability of Gaussian noise (CDD 0.4; few of its samples end visibly noisy).")
 @click.option("--noise-std", type=click.FloatRange(0, min_open=True), default=D.noise_std,
               help="WQI: mean of the exponentially distributed noise std, in [0,1] units (CDD 0.03).")
+@click.option("--mix", type=click.Choice(MIXES), default=D.mix, show_default=True,
+              help="Degradations: wqi (CDD's Wikimedia-quality mix) or ffhqx (RSG's 31 FFHQ-X tasks, each "
+                   "equally likely, as CDD trained its model for GAN inversion).")
 @click.option("--pairs/--no-pairs", default=D.pairs,
               help="Batch of photo pairs degraded alike, each synthesised from its partner's code (trains "
                    "transfer, keeps content out of the code); off: CDD's own-code reproduction.")
@@ -106,7 +110,7 @@ D = TrainConfig()
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
          lambda_grid: float, lambda_quality: float, lambda_jpeg: float, jpeg_steps_from_label: bool, lambda_noise: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
-         jpeg_prob: float, jpeg_min: int, blur_max_sigma: float, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None, init_skip: str,
+         jpeg_prob: float, jpeg_min: int, blur_max_sigma: float, mix: str, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None, init_skip: str,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
          lambda_gan: float,
@@ -136,7 +140,7 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
                          jpeg_steps_from_label=jpeg_steps_from_label, lambda_noise=lambda_noise,
                          clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std,
                          jpeg_prob=jpeg_prob, jpeg_min=jpeg_min, blur_max_sigma=blur_max_sigma,
-                         pairs=pairs, freeze_bn=freeze_bn, train_only=train_only, init=str(init or ""),
+                         mix=mix, pairs=pairs, freeze_bn=freeze_bn, train_only=train_only, init=str(init or ""),
                          init_skip=init_skip,
                          lambda_color=lambda_color,
                          lambda_diver=lambda_diver, lambda_contra=lambda_contra, lambda_l=lambda_l, lambda_g=lambda_g,

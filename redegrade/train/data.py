@@ -100,8 +100,8 @@ class PairSampler:
         small = min(min(im.shape[-2:]) for im in images)
         self.region = max(crop, min(self.region, small))
         if degrade is None:
-            mix = WQIMix(wqi)
-            degrade, apply = mix, apply or mix.apply
+            degrade = WQIMix(wqi)
+        apply = apply or getattr(degrade, "apply", None)  # a mix object re-applies its own parameters
         self.degrade, self.apply, self.pairs = degrade, apply, pairs
         if pairs and (apply is None or batch % 2):
             raise InputError("pairs need an even batch and a degradation that can re-apply its parameters (apply=)")

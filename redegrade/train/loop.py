@@ -39,6 +39,7 @@ from redegrade.train.moco import MoCo
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+MIXES = ("wqi", "ffhqx")
 LOG_FILE = "log.jsonl"
 
 
@@ -86,6 +87,7 @@ class TrainConfig:
     jpeg_min: int = 30             # lowest WQI JPEG quality (CDD 30)
     blur_max_sigma: float = 30.0   # WQI Gaussian blur σ ~ U(0, this) (CDD 30: blur below σ 3 is rare)
     pairs: bool = True             # train on transfer: each sample synthesised from its partner's code
+    mix: str = "wqi"               # degradations: "wqi" (CDD's WQI mix) or "ffhqx" (RSG's 31 tasks, CDD's FFHQ model)
     freeze_bn: bool = False        # encoders' BatchNorm: statistics re-estimated once, then fixed (see train)
     train_only: str = ""           # comma-separated parameter-name prefixes to train; "" = all
     init: str = ""                 # warm start: redegrader folder or checkpoint (see warm_start)
@@ -293,10 +295,18 @@ class Trainer:
 
 def sampler_for(data: str | Path, config: TrainConfig) -> PairSampler:
     """The training-pair sampler ``config`` describes, over the photos under ``data``."""
+    if config.mix not in MIXES:
+        raise ConfigError(f"unknown degradation mix {config.mix!r}; choose one of {', '.join(MIXES)}")
+    degrade = None
+    if config.mix == "ffhqx":
+        from redegrade.degradations.ffhqx import FFHQXMix
+
+        degrade = FFHQXMix()
     wqi = WQIConfig(jpeg_prob=config.jpeg_prob, jpeg_min=config.jpeg_min, noise_prob=config.noise_prob,
                     noise_mean_std=config.noise_std, blur_max_sigma=config.blur_max_sigma)
     return PairSampler.from_folder(data, crop=config.crop, batch=config.batch, max_side=config.max_side,
-                                   seed=config.seed, clean_prob=config.clean_prob, pairs=config.pairs, wqi=wqi)
+                                   seed=config.seed, clean_prob=config.clean_prob, pairs=config.pairs, wqi=wqi,
+                                   degrade=degrade)
 
 
 def build_model(preset: str) -> nn.Module:

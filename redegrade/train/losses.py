@@ -26,7 +26,7 @@ from torch import nn
 from redegrade.errors import ConfigError, ShapeError
 from redegrade.quality import blockiness, haar_hh, sharpness, to_unit
 
-PERCEPTUAL = ("stats", "gram", "lpips", "l1")
+PERCEPTUAL = ("stats", "gram", "lpips", "l1", "msl1")
 
 
 def _gaussian_kernel1d(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -327,7 +327,8 @@ class LpipsLoss(nn.Module):
 
 
 def perceptual(name: str, *, pretrained_backbone: bool = True, seed: int = 0) -> nn.Module:
-    """Build the similarity loss ``d(y, ŷ)``: ``stats`` (default offline), ``gram``, ``lpips`` or ``l1``."""
+    """Build the similarity loss ``d(y, ŷ)``: ``stats`` (default offline), ``gram``, ``lpips``, ``l1`` or
+    ``msl1`` (the multiscale L1 objective of ``restore --loss l1``)."""
     if name == "stats":
         return StatsLoss(seed=seed)
     if name == "gram":
@@ -336,6 +337,10 @@ def perceptual(name: str, *, pretrained_backbone: bool = True, seed: int = 0) ->
         return LpipsLoss(pretrained_backbone=pretrained_backbone)
     if name == "l1":
         return L1Loss()
+    if name == "msl1":
+        from redegrade.objective import build
+
+        return build("l1")  # the inversion's own multiscale L1: the model becomes its best predictor of y
     raise ConfigError(f"unknown perceptual loss {name!r}; choose one of {', '.join(PERCEPTUAL)}")
 
 
