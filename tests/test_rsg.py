@@ -134,6 +134,18 @@ def test_blind_restore_lowers_loss_each_phase_and_moves_variables_only_after_v(G
         assert v.requires_grad and v.grad is None
 
 
+@pytest.mark.parametrize("optimise, moving", [("", set()), ("e_g", {"e_g"}), ("e_g,n", None)])
+def test_optimise_selects_the_variables_that_move(G, objective, target, optimise, moving):
+    fm = _redegrader()
+    fm.reset(target, generator=torch.Generator().manual_seed(0))
+    init = {k: v.detach().clone() for k, v in fm.named_variables().items()}
+    moving = moving if moving is not None else {"e_g"} | {k for k in init if k.startswith("n.")}
+    out = RSG(_config(steps=3, optimise=optimise), prior=G, objective=objective).restore(target, fm)
+    moved = {k for k, v in init.items() if not torch.equal(out.state[k], v)}
+    assert moved == moving
+    assert ("V" in out.phases) == bool(moving)  # with every variable fixed there is nothing for V to hold
+
+
 def test_restore_is_deterministic(G, objective, target):
     def run():
         fm = _redegrader()
@@ -148,6 +160,8 @@ def test_restore_is_deterministic(G, objective, target):
 def test_naive_mode_is_the_same_backend_with_identity(G, objective, target):
     out = RSG(_config(steps=5), prior=G, objective=objective).restore(target, Identity())
     assert set(out.state) == {"latent"}
+    # V only holds the forward model's variables: without any, naive runs RSG's own W → W+ → W++
+    assert list(out.phases) == ["W", "W+", "W++"] and out.info["nfe"] == 15
     assert out.info["final_loss"] < out.info["initial_loss"]
     torch.testing.assert_close(out.redegraded.clamp(-1, 1), out.image, atol=1e-6, rtol=0)
 

@@ -98,10 +98,16 @@ class RSG(Backend):
         with torch.no_grad():
             start = float(score(objective, y, forward_model(render(G, latent, space)), mask))
 
-        # 3. the schedule, one phase at a time; keep each phase's image and closing loss
+        # 3. the schedule, one phase at a time; keep each phase's image and closing loss. V holds the
+        # forward model's variables while w settles: with none to move it would only be a second W.
+        named = forward_model.named_variables()
+        movable = [named[k] for k in self.config.optimised(list(named))]
+        if not movable:
+            schedule = tuple(p for p in schedule if p.name != "V") or schedule
         for phase in schedule:
             latent, space = convert(latent, space, phase.space, G.num_ws), phase.space
-            latent, steps = run_phase(G, forward_model, objective, y, latent, phase, mask=mask, progress=progress)
+            latent, steps = run_phase(G, forward_model, objective, y, latent, phase, mask=mask, progress=progress,
+                                      movable=movable)
             history += steps
             with torch.no_grad():
                 image = render(G, latent, space)

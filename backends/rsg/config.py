@@ -71,6 +71,14 @@ class RSGConfig:
     wpp_lr: float = 0.005
     variables_lr: float = 0.01
     """Adam learning rate of the forward model's variables in the W phase (scaled like the latent's after)."""
+    optimise: str = "e_g,e_l,n"
+    """Which forward-model variables the phases after V may move, by name or prefix (``n`` = every noise
+    map); the rest stay where ``reset`` put them. ``""`` keeps them all fixed (V is then skipped)."""
+
+    def optimised(self, names: list[str]) -> list[str]:
+        """The variable names among ``names`` that :attr:`optimise` selects."""
+        keys = [k.strip() for k in self.optimise.split(",") if k.strip()]
+        return [n for n in names if any(n == k or n.startswith(k + ".") for k in keys)]
 
     def schedule(self) -> tuple[Phase, ...]:
         """The phases to run, as data."""

@@ -45,24 +45,26 @@ def score(objective: Objective, y: torch.Tensor, y_hat: torch.Tensor, mask: torc
 
 def run_phase(G: torch.nn.Module, forward_model: ForwardModel, objective: Objective, y: torch.Tensor,
               latent: torch.Tensor, phase: Phase, *, mask: torch.Tensor | None = None,
-              progress: Progress | None = None) -> tuple[torch.Tensor, list[StepInfo]]:
+              progress: Progress | None = None, movable: list[torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, list[StepInfo]]:
     """Minimise ``objective(y, A_θ(G(latent)))`` for ``phase.steps`` steps.
 
     The latent (already in ``phase.space``) moves by NGD at ``phase.lr``; the forward model's variables
-    move by Adam at ``phase.variables_lr``, or are frozen (no gradient is even computed) when it is
-    ``None``. The loss reported for a step is the one its gradient came from. Returns the final latent
-    (detached) and the steps' :class:`StepInfo`.
+    in ``movable`` (default: all of them) move by Adam at ``phase.variables_lr``, the others and all of
+    them when it is ``None`` stay fixed (no gradient is even computed). The loss reported for a step is
+    the one its gradient came from. Returns the final latent (detached) and the steps' :class:`StepInfo`.
     """
     latent = latent.detach().clone().requires_grad_(True)
     variables = forward_model.variables()
-    train_vars = phase.variables_lr is not None and len(variables) > 0
+    chosen = {id(v) for v in (variables if movable is None else movable)}
+    train_vars = phase.variables_lr is not None and bool(chosen)
     flags = [v.requires_grad for v in variables]
     opt_latent = NGD([latent], lr=phase.lr)
-    opt_vars = torch.optim.Adam(variables, lr=phase.variables_lr) if train_vars else None
+    opt_vars = torch.optim.Adam([v for v in variables if id(v) in chosen], lr=phase.variables_lr) if train_vars else None
     history: list[StepInfo] = []
     try:
         for v in variables:
-            v.requires_grad_(train_vars)
+            v.requires_grad_(train_vars and id(v) in chosen)
         for step in range(phase.steps):
             loss = score(objective, y, forward_model(render(G, latent, phase.space)), mask)
             opt_latent.zero_grad(set_to_none=True)
