@@ -1,6 +1,9 @@
 """FFHQ-X degradations (ground truth vs. table, determinism, approximations) and the WQI mix."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,12 +12,13 @@ from scipy import stats as scipy_stats
 
 from redegrade.degradations import ffhqx, jpeg, wqi
 from redegrade.degradations.base import Composed
-from redegrade.degradations.inpaint import Strokes
+from redegrade.degradations.inpaint import Strokes, pyr_down
 from redegrade.degradations.resize import FILTERS
 from redegrade.errors import ConfigError, ShapeError
 from redegrade.image import pil_to_tensor, png_roundtrip
 
 R = 64
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +267,32 @@ def test_brush_width_is_eight_percent():
         cap = 3.1416 * 4**2 / 2  # the round start cap adds half a disc of radius 4 px
         width = ((1 - s.mask).sum().item() - cap) / length
         assert 7 <= width <= 9, (seed, width)
+
+
+def _pyr_down_numpy(m: np.ndarray) -> np.ndarray:
+    """cv2.pyrDown written out: [1,4,6,4,1]/16 outer product, reflect-101 border, even pixels."""
+    k = np.array([1, 4, 6, 4, 1]) / 16
+    p = np.pad(m, 2, mode="reflect")  # numpy "reflect" = OpenCV BORDER_REFLECT_101
+    return np.array([[(np.outer(k, k) * p[i:i + 5, j:j + 5]).sum() for j in range(0, m.shape[1], 2)]
+                     for i in range(0, m.shape[0], 2)])
+
+
+def test_pyr_down_matches_reference():
+    # The strided version equals the old full-size conv2d (kept in the benchmark as its reference):
+    # bit for bit on 0/1 canvases and their first pyramid level (dyadic values), to a few ulps elsewhere.
+    spec = importlib.util.spec_from_file_location("pyr_down_cost", ROOT / "benchmarks" / "pyr_down_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 1, 16, 16), (2, 3, 17, 23), (1, 1, 5, 6), (1, 2, 64, 33)]:
+        x = torch.rand(shape, generator=g)
+        binary = (x < 0.5).float()
+        assert pyr_down(x).shape == (*shape[:2], (shape[2] + 1) // 2, (shape[3] + 1) // 2)
+        assert torch.equal(pyr_down(binary), bench.pyr_down_reference(binary))
+        assert torch.equal(pyr_down(pyr_down(binary)), bench.pyr_down_reference(bench.pyr_down_reference(binary)))
+        torch.testing.assert_close(pyr_down(x), bench.pyr_down_reference(x), atol=3e-7, rtol=0)
+        want = _pyr_down_numpy(x[0, 0].double().numpy())
+        torch.testing.assert_close(pyr_down(x)[0, 0].double(), torch.from_numpy(want), atol=3e-7, rtol=0)
 
 
 # -- composition and determinism ----------------------------------------------------------------
