@@ -12,7 +12,7 @@ from scipy import stats as scipy_stats
 
 from redegrade.degradations import ffhqx, jpeg, wqi
 from redegrade.degradations.base import Composed
-from redegrade.degradations.inpaint import Strokes, pyr_down
+from redegrade.degradations.inpaint import Strokes, pyr_down, stroke_canvas, stroke_mask
 from redegrade.degradations.resize import FILTERS
 from redegrade.errors import ConfigError, ShapeError
 from redegrade.image import pil_to_tensor, png_roundtrip
@@ -264,9 +264,54 @@ def test_brush_width_is_eight_percent():
         s = Strokes(1, resolution=100, seed=seed)
         x0, y0, x1, y1 = (c / 4 for c in s.params["stroke_endpoints"][0])
         length = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5
-        cap = 3.1416 * 4**2 / 2  # the round start cap adds half a disc of radius 4 px
+        cap = 3.1416 * 4**2  # the round caps at both ends add a whole disc of radius 4 px
         width = ((1 - s.mask).sum().item() - cap) / length
         assert 7 <= width <= 9, (seed, width)
+
+
+def test_stroke_mask_has_round_caps_at_both_ends():
+    # cv2.line(thickness=brush) caps both ends with a disc of radius brush/2 (the old mask only the start).
+    # R = 256: brush 80 canvas px (r = 10 output px); pyrDown's blur spreads over ~2 canvas px only.
+    for seed in range(4):
+        s = Strokes(1, resolution=256, seed=seed)
+        x0, y0, x1, y1 = s.params["stroke_endpoints"][0]
+        d = np.array([x1 - x0, y1 - y0]) / np.hypot(x1 - x0, y1 - y0)
+        r = 40
+        for end, out in (((x0, y0), -d), ((x1, y1), d)):
+            for t, masked in ((0.5 * r, True), (1.5 * r, False)):
+                cx, cy = np.array(end) + t * out
+                if not (0 <= cx <= 1023 and 0 <= cy <= 1023):
+                    continue  # beyond the image border
+                m = s.mask[0, 0, round(cy / 4), round(cx / 4)].item()  # output pixel j sits at canvas 4j
+                assert (m < 0.05) if masked else (m > 0.95), (seed, end, t, m)
+
+
+def test_single_horizontal_stroke_covers_the_capsule_area():
+    r, length = 40, 600  # R = 256: brush 80 on the 1024² canvas
+    m = stroke_mask([(200, 500, 200 + length, 500)], 256)
+    area = (1 - m).sum().item() * 16  # in canvas pixels
+    capsule = 2 * r * length + np.pi * r**2  # without the end cap: −4.7 %
+    # the lattice count exceeds the area by about the two boundary rows' half pixels (+1.1 %)
+    assert abs(area / capsule - 1) < 0.02, (area, capsule)
+
+
+_RANDOM_STROKES = [tuple(int(c) for c in s) for s in np.random.default_rng(0).integers(-10, 130, (20, 4))]
+
+
+@pytest.mark.parametrize("stroke", [(20, 30, 100, 30), (30, 20, 30, 100), (10, 90, 110, 15), (60, 60, 60, 60),
+                                    (0, 0, 119, 110), (118, 5, 3, 64), (50, 50, 51, 50)] + _RANDOM_STROKES)
+def test_stroke_canvas_is_every_pixel_within_half_a_brush_of_the_segment(stroke):
+    side, brush = 120, 24
+    x0, y0, x1, y1 = stroke
+    yy, xx = np.mgrid[:side, :side].astype(np.float64)
+    d = np.array([x1 - x0, y1 - y0], dtype=np.float64)
+    t = np.clip(((xx - x0) * d[0] + (yy - y0) * d[1]) / max(d @ d, 1e-12), 0, 1)
+    dist = np.hypot(xx - x0 - t * d[0], yy - y0 - t * d[1])
+    got = stroke_canvas([stroke], side, brush).numpy() > 0
+    assert got.sum() > 0 or dist.min() > brush / 2
+    assert ((got == (dist <= brush / 2)) | (abs(dist - brush / 2) < 1e-9)).all()
+    two = stroke_canvas([stroke, (5, 115, 115, 100)], side, brush).numpy() > 0  # union of strokes
+    assert (two >= got).all() and two.sum() > got.sum()
 
 
 def _pyr_down_numpy(m: np.ndarray) -> np.ndarray:
