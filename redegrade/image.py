@@ -85,9 +85,22 @@ def save_image(x: torch.Tensor, path: str | os.PathLike, **save_kwargs) -> Path:
     return path
 
 
-def png_roundtrip(x: torch.Tensor) -> torch.Tensor:
-    """Quantise to 8 bits as a PNG round trip would (rounding), keeping shape and device."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+#: Slack, in 8-bit levels, that keeps truncation idempotent: a level k/255 stored in [-1,1] can come
+#: back a few float32 ulps below k, which a bare floor would take down to k − 1.
+_TRUNCATE_SLACK = 1e-3
+
+
+def png_roundtrip(x: torch.Tensor, *, truncate: bool = False) -> torch.Tensor:
+    """Quantise ``x`` (``[-1,1]``) to 8 bits as an 8-bit PNG round trip would, keeping shape and device.
+
+    ``truncate=False`` rounds, as :func:`save_image` writes. ``truncate=True`` floors like
+    torchvision's ``to_pil_image`` (``mul(255).byte()``), which RSG uses for every round trip of its
+    FFHQ-X ground truth: u in [0,1] → floor(u·255)/255, so 1.0 stays 255 and 0.5/255 becomes 0. A
+    level within 10⁻³ below an integer counts as that integer, so 8-bit values pass unchanged.
+    """
+    v = (x.clamp(-1, 1) + 1) * 127.5
+    v = (v + _TRUNCATE_SLACK).floor() if truncate else v.round()
+    return v / 127.5 - 1
 
 
 def resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

@@ -1,19 +1,24 @@
 """FFHQ-X degradations (ground truth vs. table, determinism, approximations) and the WQI mix."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import stats as scipy_stats
 
 from redegrade.degradations import ffhqx, jpeg, wqi
 from redegrade.degradations.base import Composed
-from redegrade.degradations.inpaint import Strokes
+from redegrade.degradations.inpaint import Strokes, pyr_down, stroke_canvas, stroke_mask
 from redegrade.degradations.resize import FILTERS
 from redegrade.errors import ConfigError, ShapeError
-from redegrade.image import pil_to_tensor
+from redegrade.image import pil_to_tensor, png_roundtrip
 
 R = 64
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +146,41 @@ def test_noise_surrogate_clamp_passes_gradient_outside_range():
     assert (x.grad > 0).all() and x.grad[1] == pytest.approx(0.5)
 
 
+# -- the 8-bit round trip -------------------------------------------------------------------------
+def test_png_roundtrip_rounds_or_truncates():
+    def q(v: float, truncate: bool) -> float:  # [0,1] in, 8-bit level out
+        return round(unit(png_roundtrip(torch.tensor(v) * 2 - 1, truncate=truncate)).item() * 255, 4)
+
+    assert [q(v / 255, False) for v in (0, 0.51, 254.49, 254.9, 255, 300)] == [0, 1, 254, 255, 255, 255]
+    # RSG's to_pil_image floors (mul(255).byte()): ½ level + ε is still 0, and 1.0 stays 255
+    assert [q(v / 255, True) for v in (0, 0.51, 1.2, 254.49, 254.9, 255, 300)] == [0, 0, 1, 254, 254, 255, 255]
+    assert q(-0.1, True) == 0
+    # every 8-bit level passes unchanged, however it reached [-1,1] (a bare floor drops 63 of them)
+    levels = torch.arange(256.0)
+    for x in (levels / 127.5 - 1, levels / 255 * 2 - 1, (levels / 255 * 2 - 1) * 0.5 * 2):
+        assert torch.equal(png_roundtrip(x, truncate=True), levels / 127.5 - 1)
+        assert torch.equal(png_roundtrip(x), levels / 127.5 - 1)
+
+
+@pytest.mark.parametrize("level", ["XS", "S", "M"])
+def test_noise_ground_truth_truncates_like_rsg(level):
+    # Kept values are floor(255·min(n/λ, 1)) levels for a Poisson count n, as RSG's to_pil_image leaves
+    # them; a rounding round trip puts them on another lattice and ½ level higher on average.
+    photons, _ = ffhqx.NOISE[level]
+    size, k = 512, 128
+    y = unit(ffhqx.task("N", level, resolution=size, seed=1).apply(grey(k / 255, size)))[0]
+    kept = (y[:, ~(y == 0).all(0)] * 255).double()
+    n = np.arange(4 * photons + 100)
+    lattice = np.floor(np.minimum(n / photons, 1) * 255 + 1e-6)
+    w = scipy_stats.poisson.pmf(n, photons * k / 255)
+    mean = (w * lattice).sum()
+    std = np.sqrt((w * lattice**2).sum() - mean**2)
+    # measured at seed 1: truncating +0.006/+0.041/+0.014 levels, rounding +0.53/+0.57/+0.51
+    assert abs(kept.mean().item() - mean) < 0.2, (kept.mean().item(), mean)
+    assert abs(kept.std().item() / std - 1) < 0.004, (kept.std().item(), std)  # rounding: −0.6 % at XS
+    assert np.isin(kept.round().numpy(), lattice).all()
+
+
 # -- A ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("level", ffhqx.LEVELS)
 def test_jpeg_quality_and_subsampling_read_back(level, face):
@@ -208,7 +248,7 @@ def test_inpainting_strokes_and_soft_mask(level, face):
     assert m.shape == (1, 1, R, R) and m.min() >= 0 and m.max() <= 1
     assert ((m > 0.02) & (m < 0.98)).any() and (m < 0.02).any() and (m > 0.98).any()
     y = d.apply(face)
-    expect = ((unit(face) * m) * 255).round() / 255 * 2 - 1
+    expect = ((unit(face) * m) * 255 + 1e-3).floor() / 255 * 2 - 1  # RSG's round trip truncates
     assert torch.allclose(y, expect, atol=1e-6)
     assert torch.allclose(d.approx(face), unit(face) * m * 2 - 1, atol=1e-6)
 
@@ -224,9 +264,80 @@ def test_brush_width_is_eight_percent():
         s = Strokes(1, resolution=100, seed=seed)
         x0, y0, x1, y1 = (c / 4 for c in s.params["stroke_endpoints"][0])
         length = ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5
-        cap = 3.1416 * 4**2 / 2  # the round start cap adds half a disc of radius 4 px
+        cap = 3.1416 * 4**2  # the round caps at both ends add a whole disc of radius 4 px
         width = ((1 - s.mask).sum().item() - cap) / length
         assert 7 <= width <= 9, (seed, width)
+
+
+def test_stroke_mask_has_round_caps_at_both_ends():
+    # cv2.line(thickness=brush) caps both ends with a disc of radius brush/2 (the old mask only the start).
+    # R = 256: brush 80 canvas px (r = 10 output px); pyrDown's blur spreads over ~2 canvas px only.
+    for seed in range(4):
+        s = Strokes(1, resolution=256, seed=seed)
+        x0, y0, x1, y1 = s.params["stroke_endpoints"][0]
+        d = np.array([x1 - x0, y1 - y0]) / np.hypot(x1 - x0, y1 - y0)
+        r = 40
+        for end, out in (((x0, y0), -d), ((x1, y1), d)):
+            for t, masked in ((0.5 * r, True), (1.5 * r, False)):
+                cx, cy = np.array(end) + t * out
+                if not (0 <= cx <= 1023 and 0 <= cy <= 1023):
+                    continue  # beyond the image border
+                m = s.mask[0, 0, round(cy / 4), round(cx / 4)].item()  # output pixel j sits at canvas 4j
+                assert (m < 0.05) if masked else (m > 0.95), (seed, end, t, m)
+
+
+def test_single_horizontal_stroke_covers_the_capsule_area():
+    r, length = 40, 600  # R = 256: brush 80 on the 1024² canvas
+    m = stroke_mask([(200, 500, 200 + length, 500)], 256)
+    area = (1 - m).sum().item() * 16  # in canvas pixels
+    capsule = 2 * r * length + np.pi * r**2  # without the end cap: −4.7 %
+    # the lattice count exceeds the area by about the two boundary rows' half pixels (+1.1 %)
+    assert abs(area / capsule - 1) < 0.02, (area, capsule)
+
+
+_RANDOM_STROKES = [tuple(int(c) for c in s) for s in np.random.default_rng(0).integers(-10, 130, (20, 4))]
+
+
+@pytest.mark.parametrize("stroke", [(20, 30, 100, 30), (30, 20, 30, 100), (10, 90, 110, 15), (60, 60, 60, 60),
+                                    (0, 0, 119, 110), (118, 5, 3, 64), (50, 50, 51, 50)] + _RANDOM_STROKES)
+def test_stroke_canvas_is_every_pixel_within_half_a_brush_of_the_segment(stroke):
+    side, brush = 120, 24
+    x0, y0, x1, y1 = stroke
+    yy, xx = np.mgrid[:side, :side].astype(np.float64)
+    d = np.array([x1 - x0, y1 - y0], dtype=np.float64)
+    t = np.clip(((xx - x0) * d[0] + (yy - y0) * d[1]) / max(d @ d, 1e-12), 0, 1)
+    dist = np.hypot(xx - x0 - t * d[0], yy - y0 - t * d[1])
+    got = stroke_canvas([stroke], side, brush).numpy() > 0
+    assert got.sum() > 0 or dist.min() > brush / 2
+    assert ((got == (dist <= brush / 2)) | (abs(dist - brush / 2) < 1e-9)).all()
+    two = stroke_canvas([stroke, (5, 115, 115, 100)], side, brush).numpy() > 0  # union of strokes
+    assert (two >= got).all() and two.sum() > got.sum()
+
+
+def _pyr_down_numpy(m: np.ndarray) -> np.ndarray:
+    """cv2.pyrDown written out: [1,4,6,4,1]/16 outer product, reflect-101 border, even pixels."""
+    k = np.array([1, 4, 6, 4, 1]) / 16
+    p = np.pad(m, 2, mode="reflect")  # numpy "reflect" = OpenCV BORDER_REFLECT_101
+    return np.array([[(np.outer(k, k) * p[i:i + 5, j:j + 5]).sum() for j in range(0, m.shape[1], 2)]
+                     for i in range(0, m.shape[0], 2)])
+
+
+def test_pyr_down_matches_reference():
+    # The strided version equals the old full-size conv2d (kept in the benchmark as its reference):
+    # bit for bit on 0/1 canvases and their first pyramid level (dyadic values), to a few ulps elsewhere.
+    spec = importlib.util.spec_from_file_location("pyr_down_cost", ROOT / "benchmarks" / "pyr_down_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 1, 16, 16), (2, 3, 17, 23), (1, 1, 5, 6), (1, 2, 64, 33)]:
+        x = torch.rand(shape, generator=g)
+        binary = (x < 0.5).float()
+        assert pyr_down(x).shape == (*shape[:2], (shape[2] + 1) // 2, (shape[3] + 1) // 2)
+        assert torch.equal(pyr_down(binary), bench.pyr_down_reference(binary))
+        assert torch.equal(pyr_down(pyr_down(binary)), bench.pyr_down_reference(bench.pyr_down_reference(binary)))
+        torch.testing.assert_close(pyr_down(x), bench.pyr_down_reference(x), atol=3e-7, rtol=0)
+        want = _pyr_down_numpy(x[0, 0].double().numpy())
+        torch.testing.assert_close(pyr_down(x)[0, 0].double(), torch.from_numpy(want), atol=3e-7, rtol=0)
 
 
 # -- composition and determinism ----------------------------------------------------------------

@@ -4,7 +4,8 @@ A :class:`Degradation` has two faces:
 
 * :meth:`Degradation.apply` — the exact, scripted ground truth (may be non-differentiable), drawn from
   generators derived from the instance's seed only, so a target is reproducible bit for bit; every
-  step ends with an 8-bit PNG round trip (rounding, as a saved target would be).
+  step ends with an 8-bit PNG round trip that truncates, as RSG's ``to_pil_image`` does (targets sit
+  ½ level below a rounded round trip; see :func:`~redegrade.image.png_roundtrip`).
 * :meth:`Degradation.approx` — a differentiable approximation used as the non-blind forward model;
   gradients flow to its input.
 
@@ -64,10 +65,11 @@ class Degradation:
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Ground truth: the exact scripted degradation of ``x`` (``[B,3,R,R]`` in ``[-1,1]``).
 
-        Deterministic given the seed (every call re-seeds); ends with an 8-bit round trip.
+        Deterministic given the seed (every call re-seeds); ends with an 8-bit round trip that
+        truncates like RSG's (floor(u·255)/255 in [0,1]).
         """
         self._check_input(x)
-        return png_roundtrip(from_unit(self._apply(to_unit(x.clamp(-1, 1)))))
+        return png_roundtrip(from_unit(self._apply(to_unit(x.clamp(-1, 1)))), truncate=True)
 
     def approx(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable approximation of :meth:`apply`; same output size, gradients reach ``x``."""

@@ -33,7 +33,8 @@ ROUNDING_K = 0.8
 def encode(u: torch.Tensor, quality: int) -> list[bytes]:
     """JPEG-encode each image of ``u`` (``[B,3,H,W]`` in ``[0,1]``) with PIL at ``quality``, 4:2:0.
 
-    Pixels are rounded to 8 bits first (RSG truncates, which darkens targets by ½ level).
+    Pixels are rounded to 8 bits first; RSG truncates here, which only differs off the 8-bit grid
+    (FFHQ-X inputs, the ground truth and every step's truncated output, are on it).
     """
     arr = (u.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     out = []

@@ -22,7 +22,8 @@ def pil_resize(u: torch.Tensor, size: int, filter: str) -> torch.Tensor:
 
     PIL's 8-bit path is the ground truth on purpose: it clips and rounds between its horizontal and
     vertical passes, so bicubic and Lanczos results differ from a float resize by up to ~9 levels
-    near edges. The input is rounded to 8 bits first (RSG truncates).
+    near edges. The input is rounded to 8 bits first; RSG truncates here, which only differs off the
+    8-bit grid (FFHQ-X inputs, the ground truth and every step's truncated output, are on it).
     """
     arr = (u.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     out = [np.array(Image.fromarray(np.ascontiguousarray(a), "RGB").resize((size, size), FILTERS[filter]),
