@@ -67,7 +67,8 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
-        """``paper`` (CDD sizes), ``small`` (trainable on a few CPU cores) or ``tiny`` (tests)."""
+        """``paper`` (CDD sizes; for CDD's exact network see :mod:`redegrade.model.cdd`), ``small`` (trainable
+        on a few CPU cores) or ``tiny`` (tests)."""
         try:
             return _PRESETS[name]
         except KeyError:
