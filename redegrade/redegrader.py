@@ -18,6 +18,7 @@ from redegrade.errors import InputError, MissingCheckpointError, ShapeError
 from redegrade.forward import ForwardModel
 from redegrade.image import check_image
 from redegrade.model import DegradationCode, UniversalDegradationModel, load_state, save_state
+from redegrade.model.cdd import CDDModel
 from redegrade.model.io import CONFIG_NAME, WEIGHTS_NAME
 from redegrade.model.network import MULTIPLE
 
@@ -46,7 +47,7 @@ class Redegrader(ForwardModel):
     still training.
     """
 
-    def __init__(self, model: UniversalDegradationModel, *, quantizer: str = "ste"):
+    def __init__(self, model: UniversalDegradationModel | CDDModel, *, quantizer: str = "ste"):
         super().__init__()
         if quantizer not in ("ste", "round", "none"):
             raise InputError(f"Redegrader quantizer must be 'ste', 'round' or 'none', got {quantizer!r}")
@@ -63,15 +64,23 @@ class Redegrader(ForwardModel):
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model: UniversalDegradationModel, *, quantizer: str = "ste") -> "Redegrader":
+    def from_model(cls, model: UniversalDegradationModel | CDDModel, *, quantizer: str = "ste") -> "Redegrader":
         """Wrap (and freeze) an existing model."""
         return cls(model, quantizer=quantizer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu",
-                        quantizer: str = "ste") -> "Redegrader":
-        """Load a folder (config.json + model.safetensors), a training checkpoint file, a registry name,
-        or — with ``None`` — the default shipped in ``redegrade/data/redegrader/``."""
+                        quantizer: str = "ste", cdd_options=None) -> "Redegrader":
+        """Load a folder (config.json + model.safetensors), a training checkpoint file, a CDD trainer
+        checkpoint (e.g. CDD's ``model_latest.pt``), a registry name (``cdd.ffhq``, ``cdd.wm``, …), or —
+        with ``None`` — the default shipped in ``redegrade/data/redegrader/``.
+
+        ``cdd_options`` (a dict, a JSON/YAML file such as CDD's training config, or
+        :class:`~redegrade.model.cdd_checkpoint.CDDOptions`) says what a CDD checkpoint cannot: see
+        :mod:`redegrade.model.cdd_checkpoint`. A converted CDD model gives CDD's outputs: its
+        :meth:`synthesize` takes x in [-1, 1] and applies CDD's ``2x−1`` itself.
+        """
+        record = None
         if name_or_path is None:
             path = default_dir()
             if not (path / WEIGHTS_NAME).is_file() or not (path / CONFIG_NAME).is_file():
@@ -81,10 +90,20 @@ class Redegrader(ForwardModel):
         else:
             path = Path(name_or_path).expanduser()
             if not path.exists():
-                from redegrade.weights import resolve  # a registry name, e.g. a published checkpoint
+                from redegrade.weights import REGISTRY, resolve  # a registry name, e.g. a published checkpoint
 
                 path = resolve(str(name_or_path))
-        model = load_state(path, device=device)
+                ckpt = REGISTRY.get(str(name_or_path))
+                if ckpt is not None and ckpt.loader == "redegrade.model.cdd_checkpoint.load_cdd":
+                    from redegrade.model.cdd_checkpoint import CDDOptions
+
+                    cdd_options = CDDOptions.read(dict(ckpt.options)).updated(CDDOptions.read(cdd_options))
+                    record = ckpt
+        model = load_state(path, device=device, cdd_options=cdd_options)
+        if record is not None:
+            from redegrade.weights import record_first_use
+
+            record_first_use(record, path)  # it loaded: remember its sha256 to catch a changed file later
         log.info("loaded redegrader from %s", path)
         return cls(model, quantizer=quantizer)
 

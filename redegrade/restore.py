@@ -219,7 +219,8 @@ class _Bars:
               help="blind: the Redegrader models the degradation (e_g, e_l, n are optimised); "
                    "naive: identity forward model (pretend the input is clean).")
 @click.option("--redegrader", metavar="NAME|PATH", default=None,
-              help="Redegrader folder, checkpoint or registry name (default: the shipped model). Blind mode only.")
+              help="Redegrader folder, checkpoint (ours, or a CDD trainer checkpoint such as model_latest.pt) or "
+                   "registry name (default: the shipped model). Blind mode only.")
 @click.option("--generator", metavar="NAME|PATH", default=None,
               help="[rsg] StyleGAN2 generator: registry name, NVIDIA .pkl or .safetensors export "
                    "(default: stylegan2.ffhq1024, downloaded once).")

@@ -70,8 +70,8 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
-        """``paper`` (CDD sizes), ``small`` (trainable on a few CPU cores), ``small-ffhqx`` (``small`` with a
-        4:2:0 JPEG head, for FFHQ-X) or ``tiny`` (tests)."""
+        """``paper`` (CDD sizes; for CDD's exact network see :mod:`redegrade.model.cdd`), ``small`` (trainable
+        on a few CPU cores), ``small-ffhqx`` (``small`` with a 4:2:0 JPEG head, for FFHQ-X) or ``tiny`` (tests)."""
         try:
             return _PRESETS[name]
         except KeyError:

@@ -1,11 +1,14 @@
 """Reading and writing the universal degradation model.
 
-Two on-disk forms, both read by :func:`load_state`:
+Three on-disk forms, all read by :func:`load_state`:
 
-- a folder with ``config.json`` (:meth:`ModelConfig.to_dict`) and ``model.safetensors`` (the state dict),
-  written by :func:`save_state` / ``Redegrader.save_pretrained``;
+- a folder with ``config.json`` (:meth:`ModelConfig.to_dict`, or :meth:`CDDConfig.to_dict
+  <redegrade.model.cdd.CDDConfig.to_dict>` with ``"architecture": "cdd"`` for a converted CDD model) and
+  ``model.safetensors`` (the state dict), written by :func:`save_state` / ``Redegrader.save_pretrained``;
 - a training checkpoint file: ``torch.save({"config": cfg.to_dict(), "model": model.state_dict(), ...})``
-  (other keys such as optimiser state or step are ignored), read with ``weights_only=True``.
+  (other keys such as optimiser state or step are ignored), read with ``weights_only=True``;
+- a CDD trainer checkpoint (``{'model': {'netE', …}, 'epoch', 'global_step'}``), converted on the fly by
+  :mod:`redegrade.model.cdd_checkpoint` into a :class:`~redegrade.model.cdd.CDDModel`.
 
 Loading is strict: missing, unexpected or mis-shaped keys raise :class:`CheckpointError` naming them.
 compressai's entropy-coder tables (``_offset``, ``_quantized_cdf``, ``_cdf_length``) are never saved or
@@ -22,6 +25,8 @@ import torch
 
 from redegrade.errors import CheckpointError, ConfigError, MissingCheckpointError
 from redegrade.files import atomic_path
+from redegrade.model import cdd_checkpoint
+from redegrade.model.cdd import ARCHITECTURE, CDDConfig, CDDModel
 from redegrade.model.config import ModelConfig
 from redegrade.model.network import UniversalDegradationModel
 
@@ -60,17 +65,21 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], *, source: str =
     model.load_state_dict(state, strict=False)
 
 
-def _read_config(d: Any, source: str) -> ModelConfig:
+def _read_config(d: Any, source: str) -> ModelConfig | CDDConfig:
     if not isinstance(d, dict):
         raise CheckpointError(f"{source}: the config must be a dict, got {type(d).__name__}")
     try:
+        if d.get("architecture") == ARCHITECTURE:
+            return CDDConfig.from_dict(d)
         return ModelConfig.from_dict(d)
     except (ConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: bad model config: {exc}") from exc
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, state dict) from a pretrained folder or a training checkpoint file."""
+def read_checkpoint(path: str | os.PathLike, *, cdd_options: Any = None
+                    ) -> tuple[ModelConfig | CDDConfig, dict[str, torch.Tensor]]:
+    """(config, state dict) from a pretrained folder, a training checkpoint file or a CDD trainer
+    checkpoint (``cdd_options``: what such a file cannot say, see :class:`~redegrade.model.cdd_checkpoint.CDDOptions`)."""
     path = Path(path).expanduser()
     if path.is_dir():
         cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -90,11 +99,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure here means "not a file we accept"
         raise CheckpointError(f"cannot read {path} as a training checkpoint (torch.load, weights_only=True): "
-                              f"{exc}") from exc
+                              f"{cdd_checkpoint.load_error(exc)}") from exc
+    if isinstance(obj, dict) and "config" not in obj and cdd_checkpoint.is_cdd_checkpoint(obj):
+        return cdd_checkpoint.from_trainer_checkpoint(obj, cdd_options, str(path))
     if not isinstance(obj, dict) or "config" not in obj or "model" not in obj:
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path} is not a redegrade training checkpoint: expected a dict with 'config' and "
-                              f"'model', got {keys}")
+        raise CheckpointError(f"{path} is neither a redegrade training checkpoint (a dict with 'config' and "
+                              f"'model') nor a CDD trainer checkpoint ({{'model': {{'netE', 'netG', …}}}}): got {keys}")
     return _read_config(obj["config"], str(path)), obj["model"]
 
 
@@ -112,10 +123,16 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from exc
 
 
-def load_state(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UniversalDegradationModel:
-    """Build a :class:`UniversalDegradationModel` from a pretrained folder or a training checkpoint."""
-    cfg, state = read_checkpoint(path)
-    model = UniversalDegradationModel(cfg)
+def build_model(config: ModelConfig | CDDConfig) -> UniversalDegradationModel | CDDModel:
+    """The network a config describes: ours, or CDD's exact architecture for a :class:`CDDConfig`."""
+    return CDDModel(config) if isinstance(config, CDDConfig) else UniversalDegradationModel(config)
+
+
+def load_state(path: str | os.PathLike, *, device: str | torch.device = "cpu", cdd_options: Any = None
+               ) -> UniversalDegradationModel | CDDModel:
+    """Build the model from a pretrained folder, a training checkpoint or a CDD trainer checkpoint."""
+    cfg, state = read_checkpoint(path, cdd_options=cdd_options)
+    model = build_model(cfg)
     load_weights(model, state, source=str(path))
     return model.to(device)
 

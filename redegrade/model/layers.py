@@ -247,11 +247,14 @@ class JpegHead(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-    """``layers`` residual blocks x + Linear(ReLU(Linear(x))) with a C/4 bottleneck (entropy head/tail)."""
+    """``layers`` residual blocks x + Linear(ReLU(Linear(x))) with a C/4 bottleneck (entropy head/tail).
 
-    def __init__(self, channels: int, layers: int):
+    ``hidden`` overrides the bottleneck width (CDD's ``mid_channels``; converted CDD models only).
+    """
+
+    def __init__(self, channels: int, layers: int, *, hidden: int | None = None):
         super().__init__()
-        hidden = max(channels // 4, 1)
+        hidden = max(channels // 4, 1) if hidden is None else hidden
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels)) for _ in range(layers))
 

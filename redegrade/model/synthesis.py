@@ -14,7 +14,8 @@ to x's channels, ``noise_head`` adds ``σ(u1, e)·k∗z`` to ŷ, where z are the
 ``jpeg_head`` rounds ŷ's block-DCT coefficients to steps read from e and e_g (last, as JPEG comes last).
 
 CDD's ``VUNet`` maps its input through ``2x−1`` although x is already in [-1,1] (so it sees [-3,1]).
-We do not load CDD's weights, so we feed x as is.
+Our presets feed x as is; CDD's exact architecture, quirk included, is :mod:`redegrade.model.cdd`
+(what CDD's released checkpoints load into).
 """
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ def list_() -> None:
     for c in sorted(REGISTRY.values(), key=lambda c: c.name):
         state = "cached" if cache_path(c).exists() else "missing"
         size = f"{c.size / 2**20:.0f} MiB" if c.size else "size ?"
-        click.echo(f"{c.name:22} {state:8} {size:>9}  {c.licence}\n{'':22} {c.url}")
+        how = "  (download by hand)" if c.manual else ""
+        click.echo(f"{c.name:22} {state:8} {size:>9}  {c.licence}\n{'':22} {c.url}{how}")
 
 
 @main.command(help="Download NAME into the cache (with progress, atomically, verified).")
@@ -50,26 +51,77 @@ def verify_(name: str) -> None:
     click.echo(f"{name}: ok ({p})")
 
 
-@main.command(help="Convert a foreign checkpoint into redegrade's safe format. IN is an NVIDIA StyleGAN2 "
-                   ".pkl (→ safetensors file OUT) or a guided-diffusion ADM .pt state dict such as DPS's "
-                   "ffhq_10m.pt (→ diffusers UNet2DModel folder OUT). Nothing in IN is executed.")
-@click.argument("src", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["auto", "stylegan2", "adm"]), default="auto",
-              show_default=True, help="Input format; auto decides by the file's content.")
+_FORMATS = ("stylegan2", "adm", "cdd")
+
+
+@main.command(help="Convert a foreign checkpoint into redegrade's safe format: `convert [FORMAT] IN OUT`. "
+                   "FORMAT is stylegan2 (an NVIDIA StyleGAN2 .pkl → safetensors file OUT), adm (a guided-diffusion "
+                   "ADM .pt state dict such as DPS's ffhq_10m.pt → diffusers UNet2DModel folder OUT) or cdd (a CDD "
+                   "trainer checkpoint such as model_latest.pt, or the registry name cdd.ffhq / cdd.wm → redegrader "
+                   "folder OUT with config.json + model.safetensors); left out (or --format auto) it is decided by "
+                   "the file's content. Nothing in IN is executed.")
+@click.argument("args", metavar="[FORMAT] IN OUT", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["auto", *_FORMATS]), default="auto", show_default=True,
+              help="Input format (same as the FORMAT argument).")
+@click.option("--cdd-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="cdd: CDD's training config (YAML/JSON) or a JSON/YAML of options (compress_g, compress_l, "
+                   "local_encoder): what the checkpoint itself does not say.")
+@click.option("--compress-g/--no-compress-g", default=None,
+              help="cdd: the synthesis was trained on e_g after its entropy model (netCprs.enabled; default: "
+                   "the config's, else assumed true).")
+@click.option("--compress-l/--no-compress-l", default=None,
+              help="cdd: the same for e_l (netCprs_loc.enabled).")
+@click.option("--local-encoder", type=click.Choice(["LPEL", "LPELOri"]), default=None,
+              help="cdd: netE_loc's type (needed only when its kernel is not 3).")
 @user_errors
-def convert(src: Path, dst: Path, fmt: str) -> None:
+def convert(args: tuple[str, ...], fmt: str, cdd_config: Path | None, compress_g: bool | None,
+            compress_l: bool | None, local_encoder: str | None) -> None:
+    if len(args) == 3:
+        if args[0] not in _FORMATS:
+            raise CheckpointError(f"unknown checkpoint format {args[0]!r}; choose one of {', '.join(_FORMATS)}")
+        if fmt not in ("auto", args[0]):
+            raise CheckpointError(f"the format is given twice and differs: {args[0]} and --format {fmt}")
+        fmt, args = args[0], args[1:]
+    if len(args) != 2:
+        raise CheckpointError("convert takes [FORMAT] IN OUT (e.g. `convert cdd model_latest.pt cdd_model/`)")
+    src, dst = Path(args[0]), Path(args[1])
+    if fmt in ("auto", "cdd") and not src.exists() and args[0] in REGISTRY:
+        src = resolve(args[0], download_missing=False)
     if not src.is_file():
         raise CheckpointError(f"cannot convert {src}: no such file")
     if fmt == "auto":
-        fmt = "stylegan2" if src.suffix == ".pkl" else "adm"
+        fmt = _sniff(src)
     if fmt == "stylegan2":
         from redegrade_stylegan2 import convert_pickle
         convert_pickle(src, dst)
-    else:
+    elif fmt == "adm":
         from redegrade_adm import convert_checkpoint
         convert_checkpoint(src, dst)
+    else:
+        from redegrade.model.cdd_checkpoint import CDDOptions
+        from redegrade.model.cdd_checkpoint import convert as convert_cdd
+
+        base = dict(REGISTRY[args[0]].options) if args[0] in REGISTRY else None
+        flags = CDDOptions(compress_g=compress_g, compress_l=compress_l, local_encoder=local_encoder)
+        options = CDDOptions.read(base).updated(CDDOptions.read(cdd_config)).updated(flags)
+        convert_cdd(src, dst, options)
     click.echo(f"wrote {dst}")
+
+
+
+def _sniff(src: Path) -> str:
+    """stylegan2 for a .pkl; cdd for a CDD trainer checkpoint; adm otherwise."""
+    if src.suffix == ".pkl":
+        return "stylegan2"
+    import torch
+
+    from redegrade.model.cdd_checkpoint import is_cdd_checkpoint
+
+    try:  # memory-mapped: only the layout is looked at
+        obj = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the chosen converter reports what is wrong with the file
+        return "adm"
+    return "cdd" if is_cdd_checkpoint(obj) else "adm"
 
 
 if __name__ == "__main__":

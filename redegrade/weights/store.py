@@ -33,8 +33,29 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def recorded_sha256_path(path: Path) -> Path:
+    """Where the sha256 of a file without a published digest is recorded on first verified use."""
+    return path.with_name(path.name + ".sha256")
+
+
+def record_first_use(ckpt: Checkpoint, path: str | os.PathLike) -> None:
+    """After ``path`` (the cached file of ``ckpt``) loaded successfully, remember its sha256 beside it when
+    the registry has none, so a later, different file under that name is refused by :func:`verify`."""
+    path = Path(path)
+    if ckpt.sha256 is not None or path.resolve() != cache_path(ckpt).resolve():
+        return
+    record = recorded_sha256_path(path)
+    if record.exists():
+        return
+    digest = sha256_file(path)
+    with atomic_path(record) as tmp:
+        tmp.write_text(digest + "\n", encoding="utf-8")
+    log.info("%s: first verified use of %s; recorded sha256 %s in %s", ckpt.name, path, digest, record)
+
+
 def verify(ckpt: Checkpoint, path: Path) -> None:
-    """Check sha256 (when known), else size (when known); raise :class:`CheckpointError` on mismatch."""
+    """Check sha256 (when known, else the one recorded on first use), else size (when known); raise
+    :class:`CheckpointError` on mismatch."""
     if ckpt.size is not None and path.stat().st_size != ckpt.size:
         raise CheckpointError(f"{path} is {path.stat().st_size} bytes, expected {ckpt.size} for {ckpt.name}; "
                               f"delete it and fetch again ({ckpt.url})")
@@ -43,9 +64,19 @@ def verify(ckpt: Checkpoint, path: Path) -> None:
         if digest != ckpt.sha256:
             raise CheckpointError(f"{path} has sha256 {digest}, expected {ckpt.sha256} for {ckpt.name}; "
                                   f"delete it and fetch again ({ckpt.url})")
+    elif (record := recorded_sha256_path(path)).is_file():
+        expected = record.read_text(encoding="utf-8").strip()
+        digest = sha256_file(path)
+        if digest != expected:
+            raise CheckpointError(f"{path} has sha256 {digest}, but {expected} was recorded on its first verified "
+                                  f"use ({record}); if the new file is intended, delete {record.name}")
 
 
 def _missing(ckpt: Checkpoint, dest: Path, why: str) -> MissingCheckpointError:
+    if ckpt.manual:
+        return MissingCheckpointError(f"checkpoint {ckpt.name} is not in the cache and must be downloaded by hand "
+                                      f"({why}): from {ckpt.url}, {ckpt.manual}; put it at {dest} (or pass a local "
+                                      "path instead of the name)")
     return MissingCheckpointError(f"checkpoint {ckpt.name} is not available ({why}): download {ckpt.url} "
                                   f"and put it at {dest} (or pass a local path instead of the name)")
 
@@ -53,6 +84,8 @@ def _missing(ckpt: Checkpoint, dest: Path, why: str) -> MissingCheckpointError:
 def download(ckpt: Checkpoint, dest: Path | None = None, *, progress: bool = True) -> Path:
     """Download ``ckpt`` to ``dest`` (default: the cache) atomically, verifying it before the rename."""
     dest = dest or cache_path(ckpt)
+    if ckpt.manual:
+        raise _missing(ckpt, dest, "no direct URL is known")
     if settings.offline():
         raise _missing(ckpt, dest, "offline: REDEGRADE_OFFLINE is set")
     log.info("downloading %s from %s", ckpt.name, ckpt.url)
