@@ -5,13 +5,16 @@ from pathlib import Path
 
 import click
 
-from redegrade.cli import setup_logging, user_errors
+from redegrade.cli import OneLineGroup, setup_logging, user_errors
 from redegrade.errors import CheckpointError
+from redegrade.files import check_output
 from redegrade.weights import REGISTRY, cache_path, get, resolve, verify
 
 
-@click.group(help="Manage redegrade's checkpoints. The cache is $REDEGRADE_HOME/weights "
-                  "(default ~/.cache/redegrade/weights); REDEGRADE_OFFLINE=1 forbids downloads.")
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             help="Manage redegrade's checkpoints. The cache is $REDEGRADE_HOME/weights "
+                  "(default ~/.cache/redegrade/weights); REDEGRADE_OFFLINE=1 forbids downloads. "
+                  "Every error is one line on stderr with exit code 2, and nothing is written.")
 def main() -> None:
     setup_logging()
 
@@ -52,17 +55,24 @@ def verify_(name: str) -> None:
 
 @main.command(help="Convert a foreign checkpoint into redegrade's safe format. IN is an NVIDIA StyleGAN2 "
                    ".pkl (→ safetensors file OUT) or a guided-diffusion ADM .pt state dict such as DPS's "
-                   "ffhq_10m.pt (→ diffusers UNet2DModel folder OUT). Nothing in IN is executed.")
-@click.argument("src", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
+                   "ffhq_10m.pt (→ diffusers UNet2DModel folder OUT). Nothing in IN is executed, and OUT may "
+                   "never be IN.")
+@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["auto", "stylegan2", "adm"]), default="auto",
               show_default=True, help="Input format; auto decides by the file's content.")
 @user_errors
 def convert(src: Path, dst: Path, fmt: str) -> None:
+    if src.is_dir():
+        raise CheckpointError(f"cannot convert {src}: it is a folder, not a checkpoint file")
     if not src.is_file():
         raise CheckpointError(f"cannot convert {src}: no such file")
     if fmt == "auto":
         fmt = "stylegan2" if src.suffix == ".pkl" else "adm"
+    # before any work: OUT is not IN (also through links), and can be written
+    check_output(dst, inputs=[src], folder=fmt == "adm")
+    if fmt == "adm" and dst.is_dir() and any(dst.iterdir()):
+        raise CheckpointError(f"output folder {dst} exists and is not empty; choose a new folder")
     if fmt == "stylegan2":
         from redegrade_stylegan2 import convert_pickle
         convert_pickle(src, dst)
