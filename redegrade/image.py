@@ -58,6 +58,16 @@ def check_image(x: torch.Tensor, name: str = "image", multiple_of: int = 1) -> N
         raise ShapeError(f"{name} height and width must be multiples of {multiple_of}, got {h}×{w}")
 
 
+def check_finite(x: torch.Tensor, what: str, remedy: str = "") -> None:
+    """Raise :class:`InputError` when ``x`` holds NaN or inf (a diverged computation): writing it would
+    give a silently wrong image (NaN becomes black)."""
+    import torch
+
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{what} has non-finite values (NaN or inf): the computation diverged and nothing was "
+                         f"written{'; ' + remedy if remedy else ''}")
+
+
 # ------------------------------------------------------------------------------------------ reading
 def _check_file(path: Path) -> None:
     try:

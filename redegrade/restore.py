@@ -164,7 +164,10 @@ def write_outputs(paths: dict[str, Path], y: torch.Tensor, result: registry.Rest
     """Write every output to a temp file first; rename them only when all were written."""
     import torch
 
-    from redegrade.image import output_format, tensor_to_pil
+    from redegrade.image import check_finite, output_format, tensor_to_pil
+
+    check_finite(result.image, "the restored image",
+                 "lower the step sizes (--zeta, --set w_lr=…) or the number of steps")
 
     images = {"restored": result.image, "redegraded": result.redegraded,
               "grid": _grid(y, result.image, result.redegraded)}

@@ -387,8 +387,9 @@ def main(degraded: Path | None, clean: Path, output: Path, global_from: Path | N
     total = count_layers(model, two_sources=y_l is not y_g)
     with layer_progress(model, total, enabled=not no_progress):
         out = transfer(model, x, y_g, y_l, generator=generator(seed, dev), uniform_local=uniform_local)
-    from redegrade.image import save_image
+    from redegrade.image import check_finite, save_image
 
+    check_finite(out, "the transferred image", "the redegrader's weights or the inputs may be broken")
     save_image(out, output)
     log.info("wrote %s (%d×%d) in %.1f s", output, out.shape[-1], out.shape[-2], time.perf_counter() - start)
 
