@@ -699,10 +699,12 @@ def check_bench(bench: Bench, *, aggregate_only: bool = False) -> None:
             from redegrade.image import probe_image
 
             for item in list_images(bench.data, bench.limit):
-                probe_image(item.path, min_size=MIN_IMAGE_SIDE)
+                probe_image(item.path, min_size=MIN_IMAGE_SIDE, verify=True)
     elif not bench.tiny and not aggregate_only:
         raise ConfigError("--data DIR is required (or --tiny for the smoke run)")
     if aggregate_only:
+        if not any(bench.out.glob("results.rank*.jsonl")):
+            raise InputError(f"--aggregate-only: {bench.out} holds no results to aggregate")
         return
     from redegrade import backend as backends
     from redegrade.weights import check_checkpoint

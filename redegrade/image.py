@@ -130,13 +130,19 @@ def _check_size(size: tuple[int, int], min_size: int, name: object) -> None:
         raise InputError(f"image {name} is {size[0]}×{size[1]}; at least {min_size}×{min_size} is needed")
 
 
-def probe_image(path: str | os.PathLike, *, min_size: int = 1) -> tuple[int, int]:
+def probe_image(path: str | os.PathLike, *, min_size: int = 1, verify: bool = False) -> tuple[int, int]:
     """Upright ``(width, height)`` of an image file from its header (nothing decoded); raises
-    :class:`InputError` for a missing, unreadable or too small image."""
+    :class:`InputError` for a missing, unreadable or too small image. ``verify`` also runs Pillow's
+    structural check (chunk checksums and completeness for PNG, without decoding the pixels)."""
     path = Path(path)
     with _open(path) as im:
         size = _upright_size(im)
-    _check_size(size, min_size, path)
+        _check_size(size, min_size, path)
+        if verify:
+            try:
+                im.verify()
+            except Exception as exc:  # noqa: BLE001 - Pillow reports damage in many types
+                raise InputError(f"cannot read image {path}: {exc or type(exc).__name__}") from None
     return size
 
 
