@@ -43,9 +43,9 @@ import numpy as np
 import torch
 
 from redegrade import settings
-from redegrade.cli import setup_logging, user_errors
+from redegrade.cli import SEED, OneLineCommand, setup_logging, user_errors
 from redegrade.errors import ConfigError, InputError
-from redegrade.files import append_line, atomic_path
+from redegrade.files import append_line, atomic_path, check_output
 from redegrade.image import fit_to_resolution, load_image, png_roundtrip, resize, save_image
 
 log = logging.getLogger("ffhqx")
@@ -261,7 +261,10 @@ def _coerce(value: str, like: Any) -> Any:
     if isinstance(like, int):
         return int(value)
     if isinstance(like, float):
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
     return value
 
 
@@ -676,7 +679,48 @@ def run(bench: Bench, shard: Shard | None = None, *, aggregate_only: bool = Fals
     return todo
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+MIN_IMAGE_SIDE = 16
+"""Smallest ground-truth side accepted (the multiscale objectives stop at 16 px)."""
+
+
+def check_bench(bench: Bench, *, aggregate_only: bool = False) -> None:
+    """Every check that needs no model, before anything is written: flags, the results folder (writable,
+    not inside the data), the data (every image's header), the backend's settings, the device and the
+    checkpoints named. A bad flag or input is then one line and no work, never a failure hours in."""
+    parse_modes(bench.modes)
+    work_units(bench.tasks, bench.levels)
+    check_output(bench.out, folder=True)
+    if bench.data is not None:
+        data, out = bench.data.resolve(), bench.out.resolve()
+        if out == data or data in out.parents:
+            raise InputError(f"--out {bench.out} is inside --data {bench.data}: results would be read back as "
+                             "ground truth; choose a results folder outside the data")
+        if not aggregate_only:
+            from redegrade.image import probe_image
+
+            for item in list_images(bench.data, bench.limit):
+                probe_image(item.path, min_size=MIN_IMAGE_SIDE, verify=True)
+    elif not bench.tiny and not aggregate_only:
+        raise ConfigError("--data DIR is required (or --tiny for the smoke run)")
+    if aggregate_only:
+        if not any(bench.out.glob("results.rank*.jsonl")):
+            raise InputError(f"--aggregate-only: {bench.out} holds no results to aggregate")
+        return
+    from redegrade import backend as backends
+    from redegrade.weights import check_checkpoint
+
+    device = settings.resolve_device(bench.device)
+    cls = backends.load(bench.backend)
+    config = backend_config(cls, bench, str(device))
+    if bench.tiny:
+        _tiny_prior(bench.backend)  # only rsg takes the tiny prior
+    else:
+        cls(config).check(device)
+    if bench.redegrader is not None and "blind" in parse_modes(bench.modes):
+        check_checkpoint(bench.redegrader, "--redegrader")
+
+
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Folder of aligned face images (e.g. FFHQ 1024²).")
 @click.option("--limit", type=click.IntRange(min=1), help="Use the first N images (sorted by path).")
 @click.option("--backend", default="rsg", show_default=True, help="Registered backend (redegrade.backends entry point).")
@@ -688,20 +732,25 @@ def run(bench: Bench, shard: Shard | None = None, *, aggregate_only: bool = Fals
 @click.option("--generator", help="Prior checkpoint (RSG generator / DPS diffusion model): registry name or file.")
 @click.option("--redegrader", help="Universal degradation model for the blind mode: folder, file or registry name.")
 @click.option("--option", "-o", "options", multiple=True, help="Extra backend setting KEY=VALUE (repeatable).")
-@click.option("--seed", default=0, show_default=True, help="Seeds every degradation, initialisation and crop.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds every degradation, initialisation and crop.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (torchrun: cuda:LOCAL_RANK).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Results folder (resumable).")
 @click.option("--tiny", is_flag=True, help="CPU smoke run: tiny generator and model, 4 generated 32² images, l1 loss.")
-@click.option("--crop-size", default=128, show_default=True, help="pFID crop side.")
-@click.option("--crops", default=1000, show_default=True, help="pFID crops per image.")
-@click.option("--grid-images", default=4, show_default=True, help="Images per level in each grid.")
+@click.option("--crop-size", type=click.IntRange(min=1), default=128, show_default=True, help="pFID crop side.")
+@click.option("--crops", type=click.IntRange(min=1), default=1000, show_default=True, help="pFID crops per image.")
+@click.option("--grid-images", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Images per level in each grid.")
 @click.option("--max-rows", type=click.IntRange(min=1), hidden=True, help="Stop after N new rows (tests resume).")
 @click.option("--aggregate-only", is_flag=True, help="Only merge existing results into the table and grids.")
 @click.option("--verbose", "-v", is_flag=True)
 @user_errors
 def main(data, limit, backend, tasks, levels, modes, steps, loss, generator, redegrader, options, seed, device,
          out, tiny, crop_size, crops, grid_images, max_rows, aggregate_only, verbose):
-    """Run the FFHQ-X benchmark: blind, naive and non-blind restoration side by side."""
+    """Run the FFHQ-X benchmark: blind, naive and non-blind restoration side by side.
+
+    Every error, usage errors included, is one line on stderr (exit code 2); flags, data and the results
+    folder are checked before anything is written or any model loads.
+    """
     setup_logging(verbose)
     if tiny:
         # smoke-run defaults; any flag given explicitly still wins
@@ -713,6 +762,7 @@ def main(data, limit, backend, tasks, levels, modes, steps, loss, generator, red
                   steps=steps, loss=loss, generator=generator, redegrader=redegrader, options=tuple(options),
                   seed=seed, device=device, tiny=tiny, crop_size=crop_size, crops=crops, grid_images=grid_images,
                   max_rows=max_rows)
+    check_bench(bench, aggregate_only=aggregate_only)
     run(bench, aggregate_only=aggregate_only)
 
 

@@ -5,6 +5,9 @@ CPU torch ``import torchvision`` then fails with ``operator torchvision::nms doe
 compressai, ffhq-align and diffusers all import torchvision, so we register the two operator schemas
 torchvision's Python code needs at import, with a pure-torch NMS for CPU. Where torchvision's own ops
 load, this module does nothing.
+
+Import it right before importing torchvision or a package that imports it. ``import redegrade`` does not
+import it (that would cost torch and torchvision's import, seconds, on every CLI start).
 """
 from __future__ import annotations
 

@@ -65,6 +65,7 @@ def landmarks(image: torch.Tensor) -> torch.Tensor:
 
 def align_face(image: torch.Tensor, resolution: int = 1024) -> torch.Tensor:
     """FFHQ-aligned crop ``[1,3,resolution,resolution]`` in [-1,1] of the largest face in ``image``."""
+    from redegrade import _compat  # noqa: F401  (before ffhq_align, which imports torchvision)
     from ffhq_align import image_align  # imports torchvision: only when aligning
 
     points = landmarks(image)

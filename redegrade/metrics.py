@@ -119,6 +119,8 @@ def take_crops(x: torch.Tensor, positions: torch.Tensor, size: int) -> torch.Ten
 
 def inception_network() -> nn.Module:
     """pytorch-fid's FID Inception-v3 returning pool3 features (2048-d); its weights download at run time."""
+    from redegrade import _compat  # noqa: F401  (before pytorch-fid, which imports torchvision)
+
     try:
         from pytorch_fid.inception import InceptionV3
     except ImportError as exc:

@@ -68,6 +68,7 @@ def lpips_vgg(*, pretrained_backbone: bool = True) -> nn.Module:
 
     ``pretrained_backbone=False`` uses a random VGG (differentiable, not the real metric): for tests.
     """
+    from redegrade import _compat  # noqa: F401  (before lpips, which imports torchvision)
     import lpips  # heavy import (torchvision); only when asked for
 
     def missing(why: str) -> CheckpointError:

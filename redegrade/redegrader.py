@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from redegrade import settings
 from redegrade.errors import InputError, MissingCheckpointError, ShapeError
 from redegrade.forward import ForwardModel
 from redegrade.image import check_image
@@ -29,7 +30,7 @@ _LOGIT_EPS = 1e-4  # e_l is clamped to [eps, 1-eps] before the logit so saturate
 
 def default_dir() -> Path:
     """Where the shipped default checkpoint lives: ``redegrade/data/redegrader/``."""
-    return Path(__file__).resolve().parent / "data" / "redegrader"
+    return settings.data_dir() / "redegrader"
 
 
 class Redegrader(ForwardModel):

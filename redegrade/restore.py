@@ -1,8 +1,10 @@
 """``python -m redegrade.restore``: restore one image with any installed backend.
 
-Flow: load and validate the image → optional FFHQ alignment → bring it to the prior's resolution →
-forward model (blind: the Redegrader; naive: identity) → ``reset`` on the image → ``backend.restore``
-with a progress bar per phase → write the outputs, all at once and only after success.
+Flow: cheap checks first, without torch (the image decodes, every output can be written and is not an
+input, checkpoints exist) → options that need the backend's Config (settings, device) → only then the
+models → optional FFHQ alignment → bring the image to the prior's resolution → forward model (blind: the
+Redegrader; naive: identity) → ``reset`` on the image → ``backend.restore`` with a progress bar per
+phase → write the outputs, all at once and only after success.
 """
 from __future__ import annotations
 
@@ -14,14 +16,21 @@ import types
 import typing
 from pathlib import Path
 
-import click
-import torch
+import math
+import os
+from typing import TYPE_CHECKING
 
-from redegrade import backend as registry
+import click
+
 from redegrade import settings
-from redegrade.cli import setup_logging, user_errors
+from redegrade.cli import FINITE, SEED, OneLineCommand, setup_logging, user_errors
 from redegrade.errors import ConfigError, InputError, RedegradeError
-from redegrade.files import atomic_path
+from redegrade.files import atomic_path, check_output
+
+if TYPE_CHECKING:
+    import torch
+
+    from redegrade import backend as registry
 
 log = logging.getLogger("redegrade.restore")
 
@@ -50,21 +59,6 @@ Every user error is one line on stderr and exit code 2; nothing is written unles
 """
 
 
-class _OneLineCommand(click.Command):
-    """A click command whose usage errors are one line on stderr (exit 2), like our own errors."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            raise _OneLineUsageError(exc.format_message(), exc.ctx) from exc
-
-
-class _OneLineUsageError(click.UsageError):
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
 # ------------------------------------------------------------------------------------------ settings
 def _convert(text: str, tp: typing.Any, key: str) -> typing.Any:
     """Typed value of ``--set key=text`` for a dataclass field annotated ``tp``."""
@@ -85,9 +79,12 @@ def _convert(text: str, tp: typing.Any, key: str) -> typing.Any:
         raise ConfigError(f"--set {key}={text}: expected true or false")
     if tp in (int, float, str, Path):
         try:
-            return tp(text)
+            value = tp(text)
         except ValueError:
             raise ConfigError(f"--set {key}={text}: expected {tp.__name__}") from None
+        if tp is float and not math.isfinite(value):
+            raise ConfigError(f"--set {key}={text}: expected a finite number")
+        return value
     raise ConfigError(f"--set {key}: a field of type {tp} cannot be set from the command line")
 
 
@@ -125,6 +122,8 @@ def make_config(cls: type[registry.Backend], name: str, options: dict[str, typin
 
 def backend_lines() -> list[str]:
     """One line per installed backend: name, target, distribution and whether it can run here."""
+    from redegrade import backend as registry
+
     lines = []
     for entry in registry.available():
         source = f"{entry.distribution or '?'} {entry.version or ''}".strip()
@@ -140,10 +139,9 @@ def backend_lines() -> list[str]:
 
 # ------------------------------------------------------------------------------------------ outputs
 def _output_paths(output: Path, save_all: bool) -> dict[str, Path]:
-    from PIL import Image
+    from redegrade.image import output_format
 
-    if Image.registered_extensions().get(output.suffix.lower()) is None:
-        raise InputError(f"cannot write {output}: unknown image extension {output.suffix!r} (use .png)")
+    output_format(output)
     stem = output.with_suffix("")
     paths = {"restored": output}
     if save_all:
@@ -154,6 +152,8 @@ def _output_paths(output: Path, save_all: bool) -> dict[str, Path]:
 
 def _grid(*images: torch.Tensor) -> torch.Tensor:
     """Side by side at the first image's size (area/bicubic resize where sizes differ)."""
+    import torch
+
     from redegrade.image import resize
 
     size = tuple(images[0].shape[-2:])
@@ -162,9 +162,12 @@ def _grid(*images: torch.Tensor) -> torch.Tensor:
 
 def write_outputs(paths: dict[str, Path], y: torch.Tensor, result: registry.Restoration) -> None:
     """Write every output to a temp file first; rename them only when all were written."""
-    from PIL import Image
+    import torch
 
-    from redegrade.image import tensor_to_pil
+    from redegrade.image import check_finite, output_format, tensor_to_pil
+
+    check_finite(result.image, "the restored image",
+                 "lower the step sizes (--zeta, --set w_lr=…) or the number of steps")
 
     images = {"restored": result.image, "redegraded": result.redegraded,
               "grid": _grid(y, result.image, result.redegraded)}
@@ -175,8 +178,7 @@ def write_outputs(paths: dict[str, Path], y: torch.Tensor, result: registry.Rest
                 if key == "state":
                     torch.save({k: v.detach().cpu().contiguous().clone() for k, v in result.state.items()}, tmp)
                 else:
-                    fmt = Image.registered_extensions()[dest.suffix.lower()]
-                    tensor_to_pil(images[key]).save(tmp, format=fmt)
+                    tensor_to_pil(images[key]).save(tmp, format=output_format(dest))
     except OSError as exc:
         raise InputError(f"cannot write outputs: {exc}") from exc
 
@@ -207,7 +209,7 @@ class _Bars:
 
 
 # ------------------------------------------------------------------------------------------ the command
-@click.command(cls=_OneLineCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+@click.command(cls=OneLineCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
                                                                      "max_content_width": 100})
 @click.argument("input_path", metavar="INPUT", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
@@ -225,7 +227,7 @@ class _Bars:
               help="[rsg] StyleGAN2 generator: registry name, NVIDIA .pkl or .safetensors export "
                    "(default: stylegan2.ffhq1024, downloaded once).")
 @click.option("--diffusion-model", metavar="NAME|PATH", default=None, help="[dps] Diffusion model checkpoint.")
-@click.option("--zeta", type=float, default=None, help="[dps] Guidance step size ζ.")
+@click.option("--zeta", type=FINITE, default=None, help="[dps] Guidance step size ζ.")
 @click.option("--early-exit/--no-early-exit", default=None,
               help="[dps] Stop once the objective has stopped improving over a window (reports the NFE used).")
 @click.option("--loss", type=click.Choice(["lpips", "l1", "l2"]), default=None,
@@ -234,9 +236,9 @@ class _Bars:
                    "l1 / l2.")
 @click.option("--steps", type=click.IntRange(min=0), default=None, metavar="N",
               help="Steps per phase (rsg: V, W, W+, W++ each; default 150) or sampler steps (dps).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds every random draw (noise maps n, ...).")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-              help="auto picks CUDA when present.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds every random draw (noise maps n, ...).")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]|mps",
+              help="auto picks CUDA when present; others must be available here.")
 @click.option("--save-all", is_flag=True,
               help="Also write <stem>_redegraded.png, <stem>_grid.png (input | restored | redegraded) and "
                    "<stem>_state.pt (final latent and forward-model variables).")
@@ -266,20 +268,36 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
     if input_path is None:
         raise InputError("missing INPUT image (see --help)")
 
-    # 1. everything that can be checked cheaply, before any heavy work
+    # 1. cheap checks, before torch is even imported: the outputs can be written and none of them is an
+    #    input, the image decodes, the checkpoints named on the command line exist
     if mode == "naive" and redegrader is not None:
         raise InputError("--redegrader applies to --mode blind only")
+    from redegrade.image import array_to_tensor, probe_image, read_image
+    from redegrade.weights import check_checkpoint
+
+    probe_image(input_path, min_size=MIN_SIDE)
     output = output or input_path.with_name(f"{input_path.stem}_restored.png")
     paths = _output_paths(output, save_all)
+    inputs = [input_path, *(p for p in (redegrader, generator, diffusion_model) if p and os.path.exists(p))]
+    for dest in paths.values():
+        check_output(dest, inputs=inputs)
+    pixels = read_image(input_path, min_size=MIN_SIDE)
+    if mode == "blind" and redegrader is not None:
+        check_checkpoint(redegrader, "--redegrader")
+
+    # 2. options that need torch or the backend's Config; still no model loaded
+    from redegrade import backend as registry
+
     cls = registry.load(backend_name)
     options = dict(generator=generator, diffusion_model=diffusion_model, zeta=zeta, early_exit=early_exit,
                    steps=steps, loss=loss, seed=seed, device=device)
     config = make_config(cls, backend_name, options, assignments)
+    if not SEED.min <= getattr(config, "seed", 0) <= SEED.max:
+        raise ConfigError(f"seed {config.seed} is out of range ({SEED.min}…{SEED.max})")
     dev = settings.resolve_device(getattr(config, "device", device))
+    cls(config).check(dev)
 
-    from redegrade.image import fit_to_resolution, load_image
-
-    y = load_image(input_path, min_size=MIN_SIDE)
+    # 3. the models
     objective_name = getattr(config, "loss", None) or loss
     objective = None
     if objective_name is not None:
@@ -287,8 +305,8 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
 
         objective = build(objective_name)
     backend = cls(config, objective=objective)
-    backend.check(dev)
     from redegrade.forward import Identity
+    from redegrade.image import fit_to_resolution
 
     if mode == "blind":
         from redegrade.redegrader import Redegrader
@@ -296,8 +314,10 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
         fm = Redegrader.from_pretrained(redegrader)
     else:
         fm = Identity()
+    y = array_to_tensor(pixels)
+    del pixels
 
-    # 2. the observation at the prior's resolution
+    # 4. the observation at the prior's resolution
     resolution = backend.resolution
     if align:
         from redegrade.align import align_face
@@ -306,11 +326,11 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
         log.info("aligned the face to %d×%d (FFHQ crop)", resolution, resolution)
     y = fit_to_resolution(y, resolution, name=str(input_path))
 
-    # 3. the forward model, initialised from the observation
+    # 5. the forward model, initialised from the observation
     fm.to(dev)
     fm.reset(y.to(dev), generator=settings.generator(seed))
 
-    # 4. restore, then write everything at once
+    # 6. restore, then write everything at once
     bars = _Bars(enabled=not no_progress)
     try:
         result = backend.restore(y, fm, progress=bars)

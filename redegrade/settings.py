@@ -1,12 +1,15 @@
-"""Environment-derived settings, read at call time (never cached in module globals)."""
+"""Environment-derived settings, read at call time (never cached in module globals). torch is imported
+only by the functions that need it."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from redegrade.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def home() -> Path:
@@ -14,25 +17,54 @@ def home() -> Path:
     return Path(os.environ.get("REDEGRADE_HOME") or Path.home() / ".cache" / "redegrade")
 
 
+def data_dir() -> Path:
+    """Data shipped inside the package (``redegrade/data``): the default redegrader, example images."""
+    return Path(__file__).resolve().parent / "data"
+
+
 def offline() -> bool:
     """True when ``REDEGRADE_OFFLINE`` (or ``HF_HUB_OFFLINE``) asks never to use the network."""
     return any(os.environ.get(k, "").lower() in {"1", "true", "yes"} for k in ("REDEGRADE_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+def available_devices() -> list[str]:
+    """The devices torch reports as usable here, e.g. ``["cpu", "cuda", "cuda:0"]``."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    if getattr(torch, "xpu", None) is not None and torch.xpu.is_available():
+        found += ["xpu", *(f"xpu:{i}" for i in range(torch.xpu.device_count()))]
+    return found
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; an explicit ``cuda`` without CUDA is an error."""
+    """``auto`` → CUDA when available, else CPU; anything else must be a device torch reports as
+    available here (``cpu``, ``cuda[:N]``, ``mps``, ``xpu[:N]``), else :class:`InputError`."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
-    if device == "auto":
+    text = str(device).strip()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device} requested but CUDA is not available here; use --device cpu or auto")
+    usable = available_devices()
     try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from exc
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {text!r}; use auto or one available here: {', '.join(usable)}") from None
+    if str(dev) not in usable and not (dev.type == "cpu" and dev.index in (None, 0)):
+        what = "CUDA is not available here" if dev.type == "cuda" and not torch.cuda.is_available() else \
+            "it is not available here"
+        raise InputError(f"--device {text} requested but {what}; use auto or one of: {', '.join(usable)}")
+    return dev
 
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A fresh ``torch.Generator`` seeded with ``seed``: the only source of randomness we use."""
+    import torch
+
     return torch.Generator(device=device).manual_seed(int(seed))

@@ -10,6 +10,7 @@ from redegrade.forward import Identity, KnownDegradation
 
 
 def test_torchvision_imports_with_working_nms():
+    from redegrade import _compat  # noqa: F401  (before torchvision; `import redegrade` stays light)
     import torchvision
 
     boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=torch.float)

@@ -164,6 +164,7 @@ def test_every_user_error_is_one_line_exit_2_and_writes_nothing(assets, tmp_path
 def test_missing_lpips_backbone_names_both_ways_out(assets, monkeypatch):
     import urllib.error
 
+    from redegrade import _compat  # noqa: F401  (before lpips, which imports torchvision)
     import lpips
 
     def offline(*a, **k):

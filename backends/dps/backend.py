@@ -9,7 +9,7 @@ import torch
 
 from redegrade import settings
 from redegrade.backend import Backend, Progress, Restoration, StepInfo
-from redegrade.errors import MissingCheckpointError, ShapeError
+from redegrade.errors import CheckpointError, MissingCheckpointError, ShapeError
 from redegrade.forward import ForwardModel
 from redegrade.image import check_image
 from redegrade_dps.config import DPSConfig
@@ -56,24 +56,39 @@ class DPS(Backend):
         """Cheap viability check: the diffusion model must be loadable here without surprises."""
         if self._model is not None:
             return
-        name = self.config.diffusion_model
+        from pathlib import Path
+
+        from redegrade.weights import REGISTRY, cache_path
+
+        name = str(self.config.diffusion_model)
+        local = Path(name).expanduser()
         if _is_adm(name):
-            from redegrade.weights import REGISTRY, cache_path
-
-            if name in REGISTRY and settings.offline() and not cache_path(name).is_file():
-                raise MissingCheckpointError(f"{name} is not cached and REDEGRADE_OFFLINE is set; "
-                                             f"run `python -m redegrade.weights fetch {name}` with internet")
+            if name in REGISTRY:
+                if settings.offline() and not cache_path(name).is_file():
+                    raise MissingCheckpointError(f"{name} is not cached and REDEGRADE_OFFLINE is set; "
+                                                 f"run `python -m redegrade.weights fetch {name}` with internet")
+            elif not local.is_file():
+                raise MissingCheckpointError(f"diffusion model {name}: no such ADM checkpoint file")
             return
+        if local.is_dir():
+            if not any((local / sub / "config.json").is_file() for sub in ("", "unet")):
+                raise CheckpointError(f"diffusion model {name} is a folder without a diffusers UNet2DModel "
+                                      "(no config.json at its root or in unet/)")
+            return
+        if local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise CheckpointError(f"diffusion model {name} is neither a folder with a diffusers UNet2DModel, an ADM "
+                                  ".pt/.pth file, nor a Hugging Face hub id (owner/name)")
         if settings.offline():
-            from pathlib import Path
+            from huggingface_hub import try_to_load_from_cache
 
-            if not Path(name).expanduser().is_dir():
-                from huggingface_hub import try_to_load_from_cache
-
-                if not isinstance(try_to_load_from_cache(name, "config.json"), str) and \
-                        not isinstance(try_to_load_from_cache(name, "unet/config.json"), str):
-                    raise MissingCheckpointError(f"diffusion model {name!r} is not in the Hugging Face cache and "
-                                                 "the network is off; pass --diffusion-model LOCAL_FOLDER")
+            try:
+                cached = [try_to_load_from_cache(name, f) for f in ("config.json", "unet/config.json")]
+            except ValueError as exc:  # huggingface_hub's HFValidationError: not a valid repo id
+                raise CheckpointError(f"diffusion model {name!r} is not a valid Hugging Face hub id "
+                                      f"({str(exc).splitlines()[0]})") from None
+            if not any(isinstance(c, str) for c in cached):
+                raise MissingCheckpointError(f"diffusion model {name!r} is not in the Hugging Face cache and "
+                                             "the network is off; pass --diffusion-model LOCAL_FOLDER")
 
     def _variables_objective(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
         kind = self.config.variables_loss

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 
 import torch
-from compressai.entropy_models import EntropyBottleneck
+
+from redegrade import _compat  # noqa: F401, I001  (before compressai, which imports torchvision)
+from compressai.entropy_models import EntropyBottleneck  # noqa: I001
 from torch import nn
 
 from redegrade.errors import ConfigError, InputError

@@ -95,11 +95,9 @@ def read_checkpoint(path: str | os.PathLike, *, cdd_options: Any = None
     if not path.is_file():
         raise MissingCheckpointError(f"no redegrader checkpoint at {path} (give a folder with {CONFIG_NAME} + "
                                      f"{WEIGHTS_NAME} or a training checkpoint .pt file)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every failure here means "not a file we accept"
-        raise CheckpointError(f"cannot read {path} as a training checkpoint (torch.load, weights_only=True): "
-                              f"{cdd_checkpoint.load_error(exc)}") from exc
+    from redegrade.weights.safe import torch_load
+
+    obj = torch_load(path, what=f"redegrader checkpoint {path}")
     if isinstance(obj, dict) and "config" not in obj and cdd_checkpoint.is_cdd_checkpoint(obj):
         return cdd_checkpoint.from_trainer_checkpoint(obj, cdd_options, str(path))
     if not isinstance(obj, dict) or "config" not in obj or "model" not in obj:

@@ -5,7 +5,9 @@ The registry (:mod:`redegrade.weights.registry`) is data: one :class:`Checkpoint
 ``$REDEGRADE_HOME/weights`` (atomic, verified) unless offline.
 """
 from redegrade.weights.registry import REGISTRY, Checkpoint, get
-from redegrade.weights.store import cache_path, download, record_first_use, resolve, sha256_file, verify
+from redegrade.weights.store import (cache_path, check_checkpoint, download, record_first_use, resolve,
+                                     sha256_file, verify)
 
-__all__ = ["REGISTRY", "Checkpoint", "get", "cache_path", "download", "record_first_use", "resolve", "sha256_file",
+__all__ = ["REGISTRY", "Checkpoint", "get", "cache_path", "check_checkpoint", "download", "record_first_use",
+           "resolve", "sha256_file",
            "verify"]

@@ -5,13 +5,16 @@ from pathlib import Path
 
 import click
 
-from redegrade.cli import setup_logging, user_errors
+from redegrade.cli import OneLineGroup, setup_logging, user_errors
 from redegrade.errors import CheckpointError
+from redegrade.files import check_output
 from redegrade.weights import REGISTRY, cache_path, get, resolve, verify
 
 
-@click.group(help="Manage redegrade's checkpoints. The cache is $REDEGRADE_HOME/weights "
-                  "(default ~/.cache/redegrade/weights); REDEGRADE_OFFLINE=1 forbids downloads.")
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             help="Manage redegrade's checkpoints. The cache is $REDEGRADE_HOME/weights "
+                  "(default ~/.cache/redegrade/weights); REDEGRADE_OFFLINE=1 forbids downloads. "
+                  "Every error is one line on stderr with exit code 2, and nothing is written.")
 def main() -> None:
     setup_logging()
 
@@ -59,7 +62,7 @@ _FORMATS = ("stylegan2", "adm", "cdd")
                    "ADM .pt state dict such as DPS's ffhq_10m.pt → diffusers UNet2DModel folder OUT) or cdd (a CDD "
                    "trainer checkpoint such as model_latest.pt, or the registry name cdd.ffhq / cdd.wm → redegrader "
                    "folder OUT with config.json + model.safetensors); left out (or --format auto) it is decided by "
-                   "the file's content. Nothing in IN is executed.")
+                   "the file's content. Nothing in IN is executed, and OUT may never be IN.")
 @click.argument("args", metavar="[FORMAT] IN OUT", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(["auto", *_FORMATS]), default="auto", show_default=True,
               help="Input format (same as the FORMAT argument).")
@@ -87,10 +90,16 @@ def convert(args: tuple[str, ...], fmt: str, cdd_config: Path | None, compress_g
     src, dst = Path(args[0]), Path(args[1])
     if fmt in ("auto", "cdd") and not src.exists() and args[0] in REGISTRY:
         src = resolve(args[0], download_missing=False)
+    if src.is_dir():
+        raise CheckpointError(f"cannot convert {src}: it is a folder, not a checkpoint file")
     if not src.is_file():
         raise CheckpointError(f"cannot convert {src}: no such file")
     if fmt == "auto":
         fmt = _sniff(src)
+    # before any work: OUT is not IN (also through links), and can be written
+    check_output(dst, inputs=[src], folder=fmt in ("adm", "cdd"))
+    if fmt in ("adm", "cdd") and dst.is_dir() and any(dst.iterdir()):
+        raise CheckpointError(f"output folder {dst} exists and is not empty; choose a new folder")
     if fmt == "stylegan2":
         from redegrade_stylegan2 import convert_pickle
         convert_pickle(src, dst)

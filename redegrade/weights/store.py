@@ -105,6 +105,17 @@ def download(ckpt: Checkpoint, dest: Path | None = None, *, progress: bool = Tru
     return dest
 
 
+def check_checkpoint(name_or_path: str | os.PathLike, flag: str = "checkpoint") -> None:
+    """Cheap check before any loading: ``name_or_path`` is an existing file or folder, or a known name.
+
+    Nothing is read or downloaded; :func:`resolve` and the loaders still verify the content later.
+    """
+    if str(name_or_path) in REGISTRY or Path(name_or_path).expanduser().exists():
+        return
+    raise MissingCheckpointError(f"{flag} {name_or_path}: no such file or folder, and not a known checkpoint "
+                                 f"(known: {', '.join(sorted(REGISTRY))})")
+
+
 def resolve(name_or_path: str | os.PathLike, *, download_missing: bool = True) -> Path:
     """A verified local file for a registry name or an existing path.
 

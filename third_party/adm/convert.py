@@ -37,10 +37,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"ADM checkpoint {path} does not exist")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors have many types; all mean "refused/corrupt"
-        raise CheckpointError(f"cannot read ADM checkpoint {path} as a weights-only state dict: {exc}") from exc
+    from redegrade.weights.safe import torch_load
+
+    sd = torch_load(path, what=f"ADM checkpoint {path}")
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -80,7 +80,9 @@ def _load_from_bytes(b: bytes):
     # the storage's bytes are a legacy torch.save stream: read it with torch's safe unpickler only
     if not isinstance(b, bytes):
         raise CheckpointError("malformed tensor storage in the pickle")
-    storage = torch.load(io.BytesIO(b), weights_only=True, map_location="cpu")
+    from redegrade.weights.safe import torch_load
+
+    storage = torch_load(io.BytesIO(b), what="a tensor storage in the pickle")
     if not isinstance(storage, _STORAGES):
         raise CheckpointError(f"a tensor storage in the pickle holds a {type(storage).__name__}")
     return storage
@@ -144,8 +146,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             hint = (" (a TensorFlow-era StyleGAN2 pickle: convert it with NVIDIA's stylegan2-ada-pytorch "
                     "legacy.py in an environment you trust, then load the result)" if module.startswith("dnnlib.tflib")
                     else "")
-            raise CheckpointError(f"refusing to load: the pickle needs the global {module}.{name}, which is not "
-                                  f"on the StyleGAN2 allowlist{hint}") from None
+            raise CheckpointError(f"refused: the pickle would run code when loaded (it needs the global "
+                                  f"{module}.{name}, which is not on the StyleGAN2 allowlist); only tensors and "
+                                  f"constructor arguments are read{hint}") from None
 
     def persistent_load(self, pid):
         raise CheckpointError(f"refusing to load: unexpected persistent id {pid!r} in the pickle")
