@@ -182,28 +182,17 @@ def is_cdd_checkpoint(obj: Any) -> bool:
 
 def read_trainer_file(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load`` a CDD trainer checkpoint safely (CPU tensors, no code) and check its layout."""
+    from redegrade.weights.safe import torch_load
+
     path = Path(path).expanduser()
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"no CDD checkpoint at {path}") from None
-    except Exception as exc:  # noqa: BLE001 - every failure here means "not a file we accept"
-        raise CheckpointError(f"cannot read {path} as a CDD checkpoint (torch.load, weights_only=True): "
-                              f"{load_error(exc)}") from exc
+    if not path.is_file():
+        raise CheckpointError(f"no CDD checkpoint at {path}")
+    obj = torch_load(path, what=f"CDD checkpoint {path}")
     if not is_cdd_checkpoint(obj):
         raise CheckpointError(f"{path} is not a CDD trainer checkpoint: expected {{'model': {{'netE', 'netE_loc', "
                               f"'netG', 'netCprs', 'netCprs_loc', 'netP'}}, 'epoch', 'global_step'}}, got "
                               f"{_describe(obj)}")
     return obj
-
-
-def load_error(exc: BaseException) -> str:
-    """One line from a ``torch.load`` failure (its weights-only message spans many lines)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if m:
-        return f"it holds a Python object ({m[1]}) that a weights-only load refuses, not just tensors"
-    return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
 
 
 def _describe(obj: Any) -> str:
