@@ -29,8 +29,8 @@ _LOGIT_EPS = 1e-4  # e_l is clamped to [eps, 1-eps] before the logit so saturate
 
 
 def default_dir() -> Path:
-    """Where the shipped default checkpoint lives: ``redegrade/data/redegrader/``."""
-    return settings.data_dir() / "redegrader"
+    """Where the shipped default checkpoint (``wqi``) lives: ``redegrade/data/redegrader/``."""
+    return settings.bundled_redegrader("wqi")
 
 
 class Redegrader(ForwardModel):
@@ -73,8 +73,9 @@ class Redegrader(ForwardModel):
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu",
                         quantizer: str = "ste", cdd_options=None) -> "Redegrader":
         """Load a folder (config.json + model.safetensors), a training checkpoint file, a CDD trainer
-        checkpoint (e.g. CDD's ``model_latest.pt``), a registry name (``cdd.ffhq``, ``cdd.wm``, …), or —
-        with ``None`` — the default shipped in ``redegrade/data/redegrader/``.
+        checkpoint (e.g. CDD's ``model_latest.pt``), a registry name (``cdd.ffhq``, ``cdd.wm``, …), a shipped
+        model's name (``wqi``, ``ffhqx``: :data:`redegrade.settings.BUNDLED_REDEGRADERS`) or — with ``None``
+        — ``wqi``.
 
         ``cdd_options`` (a dict, a JSON/YAML file such as CDD's training config, or
         :class:`~redegrade.model.cdd_checkpoint.CDDOptions`) says what a CDD checkpoint cannot: see
@@ -82,12 +83,13 @@ class Redegrader(ForwardModel):
         :meth:`synthesize` takes x in [-1, 1] and applies CDD's ``2x−1`` itself.
         """
         record = None
-        if name_or_path is None:
-            path = default_dir()
+        bundled = settings.bundled_redegrader("wqi" if name_or_path is None else str(name_or_path))
+        if bundled is not None:
+            path = bundled
             if not (path / WEIGHTS_NAME).is_file() or not (path / CONFIG_NAME).is_file():
                 raise MissingCheckpointError(
-                    f"no default redegrader is installed ({path} has no {CONFIG_NAME} + {WEIGHTS_NAME}); "
-                    "train one with `python -m redegrade.train` and pass its folder or checkpoint path")
+                    f"shipped redegrader {name_or_path or 'wqi'} is not installed ({path} has no {CONFIG_NAME} + "
+                    f"{WEIGHTS_NAME}); train one with `python -m redegrade.train` and pass its folder")
         else:
             path = Path(name_or_path).expanduser()
             if not path.exists():

@@ -22,6 +22,18 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parent / "data"
 
 
+#: Degradation models shipped inside the package, by name → folder under :func:`data_dir`: ``wqi`` is
+#: trained on CDD's Wikimedia-quality mix (photos; transfer's default), ``ffhqx`` on RSG's 31 FFHQ-X
+#: tasks (restoration's default). Each folder holds config.json, model.safetensors and MODEL_CARD.md.
+BUNDLED_REDEGRADERS = {"wqi": "redegrader", "ffhqx": "redegrader-ffhqx"}
+
+
+def bundled_redegrader(name: str) -> Path | None:
+    """The folder of shipped model ``name``, or None when ``name`` is not one."""
+    folder = BUNDLED_REDEGRADERS.get(str(name))
+    return None if folder is None else data_dir() / folder
+
+
 def offline() -> bool:
     """True when ``REDEGRADE_OFFLINE`` (or ``HF_HUB_OFFLINE``) asks never to use the network."""
     return any(os.environ.get(k, "").lower() in {"1", "true", "yes"} for k in ("REDEGRADE_OFFLINE", "HF_HUB_OFFLINE"))

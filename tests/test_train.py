@@ -593,3 +593,20 @@ def test_a_graft_with_freeze_bn_keeps_the_inits_batchnorm_statistics(tmp_path):
         model = train(_sampler(batch=2), cfg, tmp_path / f"run{kept}", progress=False).model
         same = all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
         assert same == kept, train_only
+
+
+def test_ffhqx_mix_draws_rsg_tasks_keeps_the_size_and_labels_jpeg():
+    from redegrade.degradations.ffhqx import FFHQXMix, benchmark_tasks
+
+    mix = FFHQXMix()
+    assert len(mix.units) == 31 == len(benchmark_tasks())
+    x = torch.rand(1, 3, 48, 48) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        y, params = mix(x, g)
+        seen.add(params["task"])
+        assert y.shape == x.shape and y.abs().max() <= 1
+        assert ("jpeg" in params) == ("A" in params["task"])
+        assert torch.equal(mix.apply(x, params), y)  # the parameters say everything: pairs can re-apply them
+    assert {"U", "N", "A", "P"} <= seen and any(len(t) > 1 for t in seen)

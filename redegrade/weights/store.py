@@ -110,7 +110,10 @@ def check_checkpoint(name_or_path: str | os.PathLike, flag: str = "checkpoint") 
 
     Nothing is read or downloaded; :func:`resolve` and the loaders still verify the content later.
     """
-    if str(name_or_path) in REGISTRY or Path(name_or_path).expanduser().exists():
+    from redegrade.settings import BUNDLED_REDEGRADERS
+
+    known = str(name_or_path) in REGISTRY or str(name_or_path) in BUNDLED_REDEGRADERS
+    if known or Path(name_or_path).expanduser().exists():
         return
     raise MissingCheckpointError(f"{flag} {name_or_path}: no such file or folder, and not a known checkpoint "
                                  f"(known: {', '.join(sorted(REGISTRY))})")
