@@ -82,7 +82,7 @@ def grad_at(objective, y, A, x0):
 @click.option("--tasks", default="N,A,NA,P,U", show_default=True)
 @click.option("--level", default="M", show_default=True)
 @click.option("--loss", type=click.Choice(["l1", "l2", "lpips"]), default="l1", show_default=True)
-@click.option("--redegrader", default=None, help="Folder, checkpoint or registry name (default: shipped).")
+@click.option("--redegrader", default=None, help="Folder, checkpoint, registry or shipped name (default: ffhqx).")
 @click.option("--fit-steps", type=click.IntRange(0), default=100, show_default=True,
               help="Adam steps on e (and n) with x fixed, lr 0.03.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -108,7 +108,7 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
         G = load_generator(generator)
     R = int(G.img_resolution)
     objective = build(loss)
-    red = Redegrader.from_pretrained(redegrader)
+    red = Redegrader.from_pretrained(redegrader or "ffhqx")
     clean = targets(G, images, seed, 1.0)
     for name in ffhqx.parse_tasks(tasks):
         lv = level if name in ffhqx.TASKS_SINGLE else ffhqx.COMPOSED_LEVEL

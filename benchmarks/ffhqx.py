@@ -307,7 +307,7 @@ def _tiny_prior(backend: str) -> torch.nn.Module:
 
 
 def _blind_model(bench: Bench, device: torch.device):
-    """The blind forward model: ``--redegrader``, a random tiny model for ``--tiny``, else the shipped default."""
+    """The blind forward model: ``--redegrader``, a random tiny model for ``--tiny``, else the shipped ``ffhqx``."""
     from redegrade.redegrader import Redegrader
 
     if bench.redegrader is None and bench.tiny:
@@ -318,7 +318,7 @@ def _blind_model(bench: Bench, device: torch.device):
             torch.manual_seed(0)
             model = UniversalDegradationModel(ModelConfig.preset("tiny"))
         return Redegrader(model).freeze().to(device)
-    return Redegrader.from_pretrained(bench.redegrader, device=device)
+    return Redegrader.from_pretrained(bench.redegrader or "ffhqx", device=device)
 
 
 class Runner:
@@ -730,7 +730,8 @@ def check_bench(bench: Bench, *, aggregate_only: bool = False) -> None:
 @click.option("--steps", type=click.IntRange(min=0), help="Backend steps (RSG: per phase). Default: the backend's.")
 @click.option("--loss", default="lpips", show_default=True, help="Objective: lpips, l1 or l2 (as in restore).")
 @click.option("--generator", help="Prior checkpoint (RSG generator / DPS diffusion model): registry name or file.")
-@click.option("--redegrader", help="Universal degradation model for the blind mode: folder, file or registry name.")
+@click.option("--redegrader", help="Universal degradation model for the blind mode: folder, file, registry name "
+              "or shipped name (default: ffhqx, trained on FFHQ-X's degradations).")
 @click.option("--option", "-o", "options", multiple=True, help="Extra backend setting KEY=VALUE (repeatable).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds every degradation, initialisation and crop.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (torchrun: cuda:LOCAL_RANK).")

@@ -139,7 +139,7 @@ def _phase_names(phases) -> list[str]:
 @click.option("--steps", type=click.IntRange(0), default=150, show_default=True, help="Steps per phase.")
 @click.option("--loss", type=click.Choice(["l1", "l2", "lpips"]), default="l1", show_default=True,
               help="Objective (lpips needs torchvision's VGG16 weights).")
-@click.option("--redegrader", default=None, help="Blind model: folder, checkpoint or registry name (default: shipped).")
+@click.option("--redegrader", default=None, help="Blind model: folder, checkpoint, registry or shipped name (default: ffhqx).")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Backend setting, e.g. phases=W,W+,W++.")
 @click.option("--psi", type=float, default=1.0, show_default=True, help="Truncation of the targets' latents.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds targets, degradations and noise.")
@@ -177,7 +177,7 @@ def run(generator, resolution, images, tasks, level, modes, steps, loss, redegra
     cls = backends.load("rsg")
     config = make_config(cls, "rsg", {"steps": steps, "loss": loss, "device": str(dev)}, tuple(assignments))
     rsg = cls(config, prior=G)
-    blind = Redegrader.from_pretrained(redegrader, device=dev) if "blind" in mode_list else None
+    blind = Redegrader.from_pretrained(redegrader or "ffhqx", device=dev) if "blind" in mode_list else None
     clean = targets(G, images, seed, psi)
     rows = []
     for name in task_list:

@@ -39,6 +39,9 @@ SPECIFIC = {"generator": "--generator", "diffusion_model": "--diffusion-model", 
             "early_exit": "--early-exit"}
 #: Common options that still need a matching Config field (every backend has seed and device).
 COMMON = {"steps": "--steps", "loss": "--loss", "seed": "--seed", "device": "--device"}
+#: The shipped model trained on FFHQ-X's degradations (the WQI one, trained on photo degradations, is
+#: transfer's default): on in-range targets it is the one whose re-degradation the true image wins.
+DEFAULT_REDEGRADER = "ffhqx"
 MIN_SIDE = 16  # the multiscale objectives stop at 16 px
 
 EPILOG = """\b
@@ -47,12 +50,13 @@ Examples:
   python -m redegrade.restore face.png --mode naive --steps 50 -o naive.png
   python -m redegrade.restore photo.jpg --align --save-all  # crop the face like FFHQ first
   python -m redegrade.restore face.png --backend dps --zeta 0.5
-  python -m redegrade.restore face.png --set phases=W,W+,W++ --set variables_lr=0.005
+  python -m redegrade.restore face.png --set optimise=e_g,e_l,n   # the seed paper's V→W→W+→W++
   python -m redegrade.restore --list-backends
 
 \b
-rsg settings for --set: phases (default V,W,W+,W++), v_lr 0.08, w_lr 0.08, wplus_lr 0.02,
-wpp_lr 0.005, variables_lr 0.01 (Adam on e_g, e_l, n from W on; scaled with the latent lr after).
+rsg settings for --set: optimise (default none: e = E(y) and n stay fixed and V is skipped;
+e_g,e_l,n moves them from W on), phases (V,W,W+,W++), v_lr 0.08, w_lr 0.08, wplus_lr 0.02,
+wpp_lr 0.005, variables_lr 0.01 (Adam; scaled with the latent lr after W).
 
 \b
 Every user error is one line on stderr and exit code 2; nothing is written unless the run succeeds.
@@ -222,7 +226,8 @@ class _Bars:
                    "naive: identity forward model (pretend the input is clean).")
 @click.option("--redegrader", metavar="NAME|PATH", default=None,
               help="Redegrader folder, checkpoint (ours, or a CDD trainer checkpoint such as model_latest.pt) or "
-                   "registry name (default: the shipped model). Blind mode only.")
+                   "name: ffhqx (default; trained on FFHQ-X's degradations), wqi (photo degradations) or a "
+                   "registry name such as cdd.ffhq. Blind mode only.")
 @click.option("--generator", metavar="NAME|PATH", default=None,
               help="[rsg] StyleGAN2 generator: registry name, NVIDIA .pkl or .safetensors export "
                    "(default: stylegan2.ffhq1024, downloaded once).")
@@ -311,7 +316,7 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
     if mode == "blind":
         from redegrade.redegrader import Redegrader
 
-        fm = Redegrader.from_pretrained(redegrader)
+        fm = Redegrader.from_pretrained(redegrader or DEFAULT_REDEGRADER)
     else:
         fm = Identity()
     y = array_to_tensor(pixels)

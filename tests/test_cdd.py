@@ -292,7 +292,7 @@ def test_blind_rsg_runs_end_to_end_with_a_converted_cdd_model(converted):
     fm = Redegrader.from_pretrained(converted)
     fm.reset(y, generator=torch.Generator().manual_seed(0))
     init = {k: v.detach().clone() for k, v in fm.named_variables().items()}
-    out = RSG(RSGConfig(steps=2, device="cpu"), prior=G, objective=build("l1")).restore(y, fm)
+    out = RSG(RSGConfig(steps=2, device="cpu", optimise="e_g,e_l,n"), prior=G, objective=build("l1")).restore(y, fm)
     assert out.image.shape == (1, 3, RES, RES) and torch.isfinite(out.image).all()
     assert torch.isfinite(out.redegraded).all() and out.info["nfe"] == 8
     for k in ("e_g", "e_l", "n.0", "n.31"):

@@ -35,7 +35,9 @@ class Phase:
 class RSGConfig:
     """Settings of the RSG backend (seed 001 §5.3 on top of RSG, Poirier-Ginter & Lalonde 2023).
 
-    The default schedule is V → W → W+ → W++ with ``steps`` steps each:
+    The schedule is V → W → W+ → W++ with ``steps`` steps each; the variables of the forward model that
+    :attr:`optimise` names move after V (by default none: e = E(y) and n stay fixed, V is skipped, and
+    the loop is RSG's W → W+ → W++ through the redegrader):
 
     ====== ======= ================ ==================================================
     phase  space   latent lr (NGD)  forward-model variables (Adam)
@@ -71,9 +73,12 @@ class RSGConfig:
     wpp_lr: float = 0.005
     variables_lr: float = 0.01
     """Adam learning rate of the forward model's variables in the W phase (scaled like the latent's after)."""
-    optimise: str = "e_g,e_l,n"
+    optimise: str = ""
     """Which forward-model variables the phases after V may move, by name or prefix (``n`` = every noise
-    map); the rest stay where ``reset`` put them. ``""`` keeps them all fixed (V is then skipped)."""
+    map); the rest stay where ``reset`` put them (e = E(y), n seeded), and V, which only holds them, is
+    skipped when none moves. ``"e_g,e_l,n"`` is the seed paper's schedule. Fixed is the default: on
+    in-range targets moving them let the redegrader absorb what the generator got wrong (see
+    ``benchmarks/README.md``)."""
 
     def optimised(self, names: list[str]) -> list[str]:
         """The variable names among ``names`` that :attr:`optimise` selects."""
