@@ -3,7 +3,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from redegrade import redegrader as redegrader_mod
 from redegrade.errors import CheckpointError, InputError, MissingCheckpointError, ShapeError
 from redegrade.forward import ForwardModel
 from redegrade.model import DegradationCode, ModelConfig, UniversalDegradationModel
@@ -159,9 +158,12 @@ def test_strict_loading_rejects_a_wrong_key(red, tmp_path):
 
 
 def test_missing_checkpoints_are_clear(monkeypatch, tmp_path):
-    monkeypatch.setattr(redegrader_mod, "default_dir", lambda: tmp_path / "none")
-    with pytest.raises(MissingCheckpointError, match="no default redegrader"):
-        Redegrader.from_pretrained()
+    from redegrade import settings
+
+    monkeypatch.setattr(settings, "data_dir", lambda: tmp_path / "none")
+    for name in (None, "wqi", "ffhqx"):
+        with pytest.raises(MissingCheckpointError, match="is not installed"):
+            Redegrader.from_pretrained(name)
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(MissingCheckpointError, match="model.safetensors"):
