@@ -95,8 +95,8 @@ def _one_line(ctx: click.Context | None = None) -> Iterator[None]:
         raise OneLineUsageError(exc.format_message(), getattr(exc, "ctx", ctx)) from None
 
 
-class OneLineCommand(click.Command):
-    """A click command whose usage errors are one line on stderr (exit 2), like our own errors."""
+class _OneLine:
+    """Mixin for click commands and groups: usage errors become one line on stderr (exit 2)."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         with _one_line():
@@ -107,18 +107,14 @@ class OneLineCommand(click.Command):
             return super().invoke(ctx)
 
 
-class OneLineGroup(click.Group):
+class OneLineCommand(_OneLine, click.Command):
+    """A click command whose usage errors are one line on stderr (exit 2), like our own errors."""
+
+
+class OneLineGroup(_OneLine, click.Group):
     """A click group with one-line usage errors; its subcommands are :class:`OneLineCommand` by default."""
 
     command_class = OneLineCommand
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        with _one_line():
-            return super().make_context(info_name, args, parent=parent, **extra)
-
-    def invoke(self, ctx):
-        with _one_line(ctx):
-            return super().invoke(ctx)
 
 
 class FiniteFloat(click.ParamType):
