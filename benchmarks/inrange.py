@@ -132,6 +132,8 @@ def _phase_names(phases) -> list[str]:
               "(default: a 64² random generator built here, see --resolution).")
 @click.option("--resolution", type=click.IntRange(16), default=64, show_default=True,
               help="Side of the built-in generator (ignored with --generator).")
+@click.option("--generator-seed", type=int, default=0, show_default=True,
+              help="Weights of the built-in generator (ignored with --generator).")
 @click.option("--images", type=click.IntRange(1), default=4, show_default=True, help="Targets per task.")
 @click.option("--tasks", default="N,A,NA,P,U", show_default=True, help="FFHQ-X tasks, comma-separated.")
 @click.option("--level", default="M", show_default=True, help="FFHQ-X level of single tasks (combined use M).")
@@ -145,17 +147,17 @@ def _phase_names(phases) -> list[str]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds targets, degradations and noise.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="Also write rows as JSON lines.")
-def main(generator, resolution, images, tasks, level, modes, steps, loss, redegrader, assignments, psi, seed,
-         device, out):
+def main(generator, resolution, generator_seed, images, tasks, level, modes, steps, loss, redegrader, assignments,
+         psi, seed, device, out):
     """Blind vs naive vs non-blind RSG restoration on targets the generator can reproduce exactly."""
     setup_logging()
     sys.exit(run(generator, resolution, images, tasks, level, modes, steps, loss, redegrader, assignments,
-                 psi, seed, device, out))
+                 psi, seed, device, out, generator_seed))
 
 
 @user_errors
 def run(generator, resolution, images, tasks, level, modes, steps, loss, redegrader, assignments, psi, seed,
-        device, out) -> int:
+        device, out, generator_seed: int = 0) -> int:
     from redegrade import backend as backends
     from redegrade.degradations import ffhqx
     from redegrade.redegrader import Redegrader
@@ -167,7 +169,7 @@ def run(generator, resolution, images, tasks, level, modes, steps, loss, redegra
         raise click.UsageError(f"--modes: choose from {', '.join(MODES)}")
     task_list = ffhqx.parse_tasks(tasks)
     if generator is None:
-        G = natural_generator(resolution, seed=0)
+        G = natural_generator(resolution, seed=generator_seed)
     else:
         from redegrade_stylegan2 import load_generator
 
