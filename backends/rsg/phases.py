@@ -56,15 +56,16 @@ def run_phase(G: torch.nn.Module, forward_model: ForwardModel, objective: Object
     """
     latent = latent.detach().clone().requires_grad_(True)
     variables = forward_model.variables()
-    chosen = {id(v) for v in (variables if movable is None else movable)}
-    train_vars = phase.variables_lr is not None and bool(chosen)
+    moving = [] if phase.variables_lr is None else (variables if movable is None else movable)
     flags = [v.requires_grad for v in variables]
     opt_latent = NGD([latent], lr=phase.lr)
-    opt_vars = torch.optim.Adam([v for v in variables if id(v) in chosen], lr=phase.variables_lr) if train_vars else None
+    opt_vars = torch.optim.Adam(moving, lr=phase.variables_lr) if moving else None
     history: list[StepInfo] = []
     try:
         for v in variables:
-            v.requires_grad_(train_vars and id(v) in chosen)
+            v.requires_grad_(False)
+        for v in moving:
+            v.requires_grad_(True)
         for step in range(phase.steps):
             loss = score(objective, y, forward_model(render(G, latent, phase.space)), mask)
             opt_latent.zero_grad(set_to_none=True)
