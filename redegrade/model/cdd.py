@@ -47,10 +47,11 @@ from torch import nn
 
 from redegrade.errors import ConfigError, ShapeError
 from redegrade.image import check_image, check_shape
+from redegrade.model.config import check_keys
 from redegrade.model.encoders import ConvBNAct
 from redegrade.model.entropy import MODES, CodeEntropyModel, quantize
 from redegrade.model.layers import IDA, PreActConv, PreActConvT, ResidualMLP
-from redegrade.model.network import DegradationCode, MapFusion
+from redegrade.model.network import CodedModel, DegradationCode, MapFusion
 
 ARCHITECTURE = "cdd"
 LOCAL_ENCODERS = ("LPEL", "LPELOri")
@@ -95,10 +96,7 @@ class CompressorSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CompressorSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown CDD compressor key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        check_keys(cls, d, "CDD compressor")
         try:
             kw = {k: tuple(int(i) for i in v) if k in ("head", "tail", "filters") else v for k, v in d.items()}
             return cls(**kw)
@@ -188,10 +186,7 @@ class CDDConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CDDConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown CDD config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        check_keys(cls, d, "CDD config")
         try:
             kw: dict[str, Any] = {}
             for k, v in d.items():
@@ -468,7 +463,7 @@ def make_compressor(spec: CompressorSpec) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------- the model
-class CDDModel(nn.Module):
+class CDDModel(CodedModel):
     """CDD's ``CombinedModel`` at inference, with the interface of
     :class:`~redegrade.model.UniversalDegradationModel` (so a :class:`~redegrade.redegrader.Redegrader`
     wraps either).
@@ -569,12 +564,3 @@ class CDDModel(nn.Module):
             rate[key] = bits
         return DegradationCode(*out), rate
 
-    def aux_loss(self) -> torch.Tensor:
-        return self.entropy_g.aux_loss() + self.entropy_l.aux_loss()
-
-    def _check_code(self, code: DegradationCode, *, batch: int | None = None,
-                    size: tuple[int, int] | None = None) -> None:
-        c = self.config
-        check_shape(code.e_g, (batch, c.dim_g), "e_g")
-        check_shape(code.e_l, (batch if batch is not None else code.e_g.shape[0], c.c_l,
-                               *(size or (None, None))), "e_l")

@@ -8,6 +8,14 @@ from typing import Any
 from redegrade.errors import ConfigError
 
 
+def check_keys(cls: type, d: dict[str, Any], what: str) -> None:
+    """Raise :class:`ConfigError` naming the keys of ``d`` that are not fields of dataclass ``cls``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Every constructor argument of :class:`~redegrade.model.UniversalDegradationModel`.
@@ -85,10 +93,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Inverse of :meth:`to_dict`; unknown keys or bad values raise :class:`ConfigError`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown model config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        check_keys(cls, d, "model config")
         try:
             kw = {k: tuple(int(i) for i in v) if k in ("widths", "blocks") else v for k, v in d.items()}
             return cls(**kw)

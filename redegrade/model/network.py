@@ -72,7 +72,23 @@ class MapFusion(nn.Module):
         return local + glob.reshape(b, m, h, w)
 
 
-class UniversalDegradationModel(nn.Module):
+class CodedModel(nn.Module):
+    """What every degradation model with entropy-coded codes shares: ``config.dim_g``/``config.c_l`` and
+    ``entropy_g``/``entropy_l`` (ours and CDD's exact network alike)."""
+
+    def aux_loss(self) -> torch.Tensor:
+        """Sum of the EntropyBottlenecks' auxiliary quantile losses (train them with their own optimiser)."""
+        return self.entropy_g.aux_loss() + self.entropy_l.aux_loss()
+
+    def _check_code(self, code: DegradationCode, *, batch: int | None = None,
+                    size: tuple[int, int] | None = None) -> None:
+        c = self.config
+        check_shape(code.e_g, (batch, c.dim_g), "e_g")
+        check_shape(code.e_l, (batch if batch is not None else code.e_g.shape[0], c.c_l,
+                               *(size or (None, None))), "e_l")
+
+
+class UniversalDegradationModel(CodedModel):
     """CDD's universal degradation model: ``y → (e_g, e_l)`` and ``(x, e_g, e_l, n) → ŷ``.
 
     Noise is an explicit input (:meth:`sample_noise`), quantisation an explicit mode (:meth:`quantize`).
@@ -155,13 +171,3 @@ class UniversalDegradationModel(nn.Module):
         e_l, bits_l = self.entropy_l(code.e_l, mode, generator=generator)
         return DegradationCode(e_g, e_l), {"g": bits_g, "l": bits_l}
 
-    def aux_loss(self) -> torch.Tensor:
-        """Sum of the EntropyBottlenecks' auxiliary quantile losses (train them with their own optimiser)."""
-        return self.entropy_g.aux_loss() + self.entropy_l.aux_loss()
-
-    def _check_code(self, code: DegradationCode, *, batch: int | None = None,
-                    size: tuple[int, int] | None = None) -> None:
-        c = self.config
-        check_shape(code.e_g, (batch, c.dim_g), "e_g")
-        check_shape(code.e_l, (batch if batch is not None else code.e_g.shape[0], c.c_l,
-                               *(size or (None, None))), "e_l")

@@ -31,6 +31,7 @@ from torch import nn
 from redegrade.degradations.wqi import WQIConfig
 from redegrade.errors import CheckpointError, ConfigError
 from redegrade.files import append_line, atomic_path
+from redegrade.model.config import check_keys
 from redegrade.model.network import DegradationCode
 from redegrade.train import losses as L
 from redegrade.train.data import PairSampler
@@ -99,10 +100,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown training config key(s) {', '.join(unknown)}")
+        check_keys(cls, d, "training config")
         return cls(**d)
 
 
