@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from redegrade.errors import ConfigError, ShapeError
-from redegrade.image import check_image, check_shape
+from redegrade.image import check_image
 from redegrade.model.config import check_keys
 from redegrade.model.encoders import ConvBNAct
 from redegrade.model.entropy import MODES, CodeEntropyModel, quantize
@@ -532,14 +532,7 @@ class CDDModel(CodedModel):
     # -- synthesis --------------------------------------------------------------------------------
     def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """ŷ = CDD ``netG(x, e_g, e_l)``: x [B,3,H,W] in [-1,1], the code as given, CDD's noise maps."""
-        check_image(x, "image", multiple_of=self.multiple)
-        b, _, h, w = x.shape
-        self._check_code(code, batch=b, size=(h // 2, w // 2))
-        shapes = self.noise_shapes(h, w)
-        if len(noise) != len(shapes):
-            raise ShapeError(f"expected {len(shapes)} noise maps, got {len(noise)}")
-        for i, (n, s) in enumerate(zip(noise, shapes)):
-            check_shape(n, (b, 1, *s), f"noise map {i}")
+        self._check_synthesis_inputs(x, code, noise, multiple=self.multiple)
         return self.synthesis(x, self.fusion(code), noise)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:

@@ -87,6 +87,19 @@ class CodedModel(nn.Module):
         check_shape(code.e_l, (batch if batch is not None else code.e_g.shape[0], c.c_l,
                                *(size or (None, None))), "e_l")
 
+    def _check_synthesis_inputs(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
+                                multiple: int) -> None:
+        """x is an image (sides multiples of ``multiple``), the code fits it at half size, and the noise
+        maps are :meth:`noise_shapes`'s, one per map."""
+        check_image(x, "image", multiple_of=multiple)
+        b, _, h, w = x.shape
+        self._check_code(code, batch=b, size=(h // 2, w // 2))
+        shapes = self.noise_shapes(h, w)
+        if len(noise) != len(shapes):
+            raise ShapeError(f"expected {len(shapes)} noise maps, got {len(noise)}")
+        for i, (n, s) in enumerate(zip(noise, shapes)):
+            check_shape(n, (b, 1, *s), f"noise map {i}")
+
 
 class UniversalDegradationModel(CodedModel):
     """CDD's universal degradation model: ``y → (e_g, e_l)`` and ``(x, e_g, e_l, n) → ŷ``.
@@ -143,14 +156,7 @@ class UniversalDegradationModel(CodedModel):
     # -- synthesis --------------------------------------------------------------------------------
     def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """ŷ = f̂(x, e_g, e_l, n): x [B,3,H,W], code at H/2, ``num_noise`` maps → [B,3,H,W]."""
-        check_image(x, "image", multiple_of=MULTIPLE)
-        b, _, h, w = x.shape
-        self._check_code(code, batch=b, size=(h // 2, w // 2))
-        shapes = self.noise_shapes(h, w)
-        if len(noise) != len(shapes):
-            raise ShapeError(f"expected {len(shapes)} noise maps, got {len(noise)}")
-        for i, (n, s) in enumerate(zip(noise, shapes)):
-            check_shape(n, (b, 1, *s), f"noise map {i}")
+        self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)
         return self.synthesis(x, self.fusion(code), noise, code.e_g)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
