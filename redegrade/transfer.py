@@ -191,9 +191,9 @@ def transfer(redegrader: Redegrader, clean: torch.Tensor, global_from: torch.Ten
 def bytes_per_pixel(redegrader: str | os.PathLike | None = None) -> int:
     """:data:`BYTES_PER_PIXEL` scaled by the model's width, read from its ``config.json`` when there is
     one (a training checkpoint ``.pt`` or a registry name counts as the shipped model's width)."""
-    from redegrade.settings import data_dir  # redegrader.default_dir(), without importing the model
+    from redegrade.settings import bundled_redegrader  # a shipped name, without importing the model
 
-    folder = data_dir() / "redegrader" if redegrader is None else Path(redegrader).expanduser()
+    folder = bundled_redegrader(redegrader or "wqi") or Path(redegrader).expanduser()
     try:
         cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         width = max(int(cfg.get("widths", [16])[0]), int(cfg.get("enc_width", 16)))
