@@ -477,6 +477,10 @@ def test_round_to_step_rounds_and_its_gradients_say_what_a_larger_step_does():
     grads_c = torch.autograd.grad(out.sum(), c, retain_graph=True)[0]
     # zeroed coefficients: a small change keeps them at 0; the others pass straight through
     assert grads_c.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+    # an inversion's image gets a gradient in the zero bin too, with the same values forward
+    inverted = jpeg.round_to_step(c, step, zero_bin_gradient=True)
+    torch.testing.assert_close(inverted.detach(), out.detach())
+    assert torch.autograd.grad(inverted.sum(), c)[0].tolist() == [1.0] * 5
     per_coefficient = [float(torch.autograd.grad(out[i], step, retain_graph=True)[0]) for i in range(5)]
     assert per_coefficient[:2] == [0.0, 0.0]             # inside the zero bin: stays 0
     assert per_coefficient[2] < 0 < per_coefficient[3]   # just outside: pulled toward 0 (the jump)

@@ -440,6 +440,26 @@ def test_jpeg_head_with_subsampling_reproduces_pils_low_quality_jpeg():
     assert scores[True] > 33 and scores[True] > scores[False] + 4, scores
 
 
+def test_frozen_jpeg_heads_gradient_reaches_the_coefficients_it_zeroes():
+    """In an inversion (eval mode) x must feel the coefficients the step zeroes, at low quality most of
+    them; in training they pass no gradient (see ``round_to_step``). The output is the same in both."""
+    from redegrade.model.layers import JpegHead
+
+    x = (0.05 * torch.randn(1, 3, 16, 16, generator=_gen(0))).requires_grad_(True)
+    head = JpegHead(4, 8)
+    _set_jpeg_multiplier(head, 8.0)  # quality ≈ 6: every coefficient of this faint image rounds to 0
+    e, e_g = torch.zeros(1, 4, 8, 8), torch.zeros(1, 8)
+    target = torch.rand(1, 3, 16, 16, generator=_gen(1)) * 2 - 1
+    grads, outs = {}, {}
+    for training in (True, False):
+        head.train(training)
+        outs[training] = head(x, e, e_g)
+        grads[training] = torch.autograd.grad((outs[training] - target).square().sum(), x)[0]
+    torch.testing.assert_close(outs[True], outs[False])
+    assert float(grads[True].abs().max()) == 0.0
+    assert float(grads[False].abs().min()) > 0.0
+
+
 def test_jpeg_head_starts_near_identity():
     m = _with(jpeg_head=True)
     x = torch.nn.functional.interpolate(_img(2, 8, 8), size=(64, 64), mode="bicubic").clamp(-1, 1)

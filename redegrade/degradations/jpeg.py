@@ -145,12 +145,15 @@ def _unblocks(c: torch.Tensor) -> torch.Tensor:
     return c.permute(0, 1, 3, 2, 4).reshape(b, nh * 8, nw * 8)
 
 
-def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0) -> torch.Tensor:
+def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0, *,
+                  zero_bin_gradient: bool = False) -> torch.Tensor:
     """Forward ``step · round(c / step)`` for a learned ``step``; gradients reach both ``c`` and ``step``.
 
-    To ``c`` the gradient passes unchanged (straight-through) outside the zero bin and not at all
-    inside it, where a small change of c changes nothing: with a full pass-through the layers before
-    it kept raising detail that the step then removed, and both grew until training diverged.
+    To ``c`` the gradient passes unchanged (straight-through) outside the zero bin, and inside it only
+    with ``zero_bin_gradient``. Training needs it off: with a full pass-through the layers before the
+    rounding kept raising detail that the step then removed, and both grew until training diverged.
+    Inversion needs it on: at low quality most coefficients sit in the zero bin, and without a gradient
+    there the image being inverted is free to fill them with anything the step then hides.
 
     Rounding is piecewise constant in c/step, so the exact derivative in ``step`` is ``round(u)`` plus
     jumps where coefficients drop a level. Plain straight-through, ``round(u) − u``,
@@ -164,7 +167,7 @@ def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0) -> tor
     r = torch.round(u)
     outside = u.abs() >= 0.5
     slope = (r - u - u.sign() * torch.exp(-rate * (u.abs() - 0.5))) * outside
-    passed = c * outside
+    passed = c if zero_bin_gradient else c * outside
     out = passed + (step * r - passed).detach()
     return out + (step - step.detach()) * slope
 

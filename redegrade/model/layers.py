@@ -5,6 +5,7 @@ Noise is always an argument: no layer draws random numbers, so a backend can opt
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -190,8 +191,9 @@ class JpegHead(nn.Module):
     Each 8×8 block (on the grid anchored at pixel 0, as in a JPEG file) gets two multipliers
     ``m = softplus(conv1×1(avgpool(e)) + linear(e_g))`` of the libjpeg quality-50 luma and chroma tables
     (m = 2.5 is quality 20, m = 0.1 quality 95); its YCbCr DCT coefficients are rounded to those steps
-    (:func:`~redegrade.degradations.jpeg.round_to_step`: ŷ's gradient passes outside the zero bin, m's
-    says how many coefficients a larger step would zero). Why: after 22k steps the U-Net alone
+    (:func:`~redegrade.degradations.jpeg.round_to_step`: m's gradient says how many coefficients a larger
+    step would zero; ŷ's passes straight through, in training mode outside the zero bin only, so that
+    the frozen model in an inversion gives x a gradient for every coefficient). Why: after 22k steps the U-Net alone
     reproduced 0.09 of a q=20 JPEG's blockiness; a grid of independently rounded DCT coefficients is
     hard to draw with 3×3 convolutions. m starts at ``init_scale`` (quality ≈ 95) for every input.
     With ``subsample`` chroma is 2×2-averaged before and upsampled after (4:2:0, JPEG's default).
@@ -242,7 +244,7 @@ class JpegHead(nn.Module):
         # baseline JPEG stores steps as bytes: libjpeg caps them at 255 (most high frequencies below q≈20)
         steps = torch.minimum(steps, steps.new_tensor(255.0))
         out = quantise_ycc((y + 1) * 127.5, steps[:, 0], steps[:, 1], subsample=self.subsample,
-                           quantiser=round_to_step)
+                           quantiser=functools.partial(round_to_step, zero_bin_gradient=not self.training))
         return out / 127.5 - 1
 
 
