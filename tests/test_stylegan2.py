@@ -334,6 +334,30 @@ def test_weights_cli_converts(nvidia_pkl, tmp_path):
     assert load_generator(tmp_path / "cli.safetensors").num_ws == nvidia_pkl[1].num_ws
 
 
+def test_weights_cli_decides_the_format_by_content_not_name(nvidia_pkl, tmp_path):
+    """`convert --format auto` reads the file: a StyleGAN2 pickle named .bin is still stylegan2, and a
+    file that is no checkpoint at all fails with one error line, not torch's pages."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from redegrade.weights.__main__ import main
+
+    renamed = tmp_path / "generator.bin"
+    shutil.copy(nvidia_pkl[0], renamed)
+    res = CliRunner().invoke(main, ["convert", "--format", "auto", str(renamed), str(tmp_path / "g.safetensors")])
+    assert res.exit_code == 0, res.output
+    assert load_generator(tmp_path / "g.safetensors").num_ws == nvidia_pkl[1].num_ws
+
+    junk = tmp_path / "junk.pkl"
+    junk.write_bytes(b"not a checkpoint at all" * 10)
+    res = CliRunner().invoke(main, ["convert", str(junk), str(tmp_path / "out")])
+    assert res.exit_code != 0
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "junk.pkl" in lines[0], res.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_registry_name_offline_is_actionable():
     with pytest.raises(MissingCheckpointError, match=r"ffhq\.pkl.*put it at"):
         load_generator("stylegan2.ffhq1024")

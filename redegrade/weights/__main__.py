@@ -119,17 +119,22 @@ def convert(args: tuple[str, ...], fmt: str, cdd_config: Path | None, compress_g
 
 
 def _sniff(src: Path) -> str:
-    """stylegan2 for a .pkl; cdd for a CDD trainer checkpoint; adm otherwise."""
-    if src.suffix == ".pkl":
+    """The format of ``src`` from its content, whatever its name: a bare pickle that names NVIDIA's
+    ``torch_utils.persistence`` is stylegan2; a torch checkpoint is cdd when it has CDD's layout, else adm."""
+    with open(src, "rb") as f:
+        head = f.read(1 << 20)  # an NVIDIA pickle names its reconstructor with its first network
+    if head[:1] == b"\x80" and b"torch_utils.persistence" in head:
         return "stylegan2"
     import torch
 
     from redegrade.model.cdd_checkpoint import is_cdd_checkpoint
 
-    try:  # memory-mapped: only the layout is looked at
-        obj = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - the chosen converter reports what is wrong with the file
-        return "adm"
+    try:  # memory-mapped where it is a zip archive: only the layout is looked at
+        obj = torch.load(src, map_location="cpu", weights_only=True, mmap=head[:4] == b"PK\x03\x04")
+    except Exception as exc:  # noqa: BLE001 - torch's message runs over many lines: keep its first
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CheckpointError(f"cannot tell the format of {src}: it is neither an NVIDIA StyleGAN2 pickle nor a "
+                              f"torch checkpoint ({first})") from None
     return "cdd" if is_cdd_checkpoint(obj) else "adm"
 
 
