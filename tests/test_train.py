@@ -76,6 +76,29 @@ def test_diversity_of_the_model_depends_on_its_noise_draws():
     assert L.diversity_loss(a, b) < 1.0 - 5e-5
 
 
+def test_residual_distribution_loss_wants_the_noises_strength_not_its_positions():
+    g = torch.Generator().manual_seed(0)
+    x = _photo(32)
+    noise = 0.2 * torch.randn(1, 3, 32, 32, generator=g)
+    drop = (torch.rand(1, 1, 32, 32, generator=g) < 0.15).float()
+    y = (x + noise) * (1 - drop) - drop  # noise and dropped (black) pixels
+    moved = (x + noise.roll(5, dims=-1)) * (1 - drop.roll(3, dims=-2)) - drop.roll(3, dims=-2)
+    weak = (x + 0.5 * noise) * (1 - drop) - drop
+    few_drops = x + noise
+    assert float(L.residual_distribution_loss(x, y, y)) == 0.0
+    # another random state of the same noise costs little; half the noise or no drops cost more
+    assert L.residual_distribution_loss(x, y, moved) < 0.2 * L.residual_distribution_loss(x, y, weak)
+    assert L.residual_distribution_loss(x, y, moved) < 0.2 * L.residual_distribution_loss(x, y, few_drops)
+    amplitude = torch.tensor(0.5, requires_grad=True)
+    loss = L.residual_distribution_loss(x, y, (x + amplitude * noise) * (1 - drop) - drop)
+    assert float(torch.autograd.grad(loss, amplitude)[0]) < 0  # more noise is the way down
+
+
+def test_dist_term_trains_when_weighted():
+    before, after = _losses_before_after(8, lambda_dist=50.0)
+    assert "dist" in before and after["dist"] < before["dist"]
+
+
 def test_color_loss_sees_colour_casts_not_detail():
     x = _photo(128)
     blurred = L.gaussian_blur(x, 5, 1.0)

@@ -44,6 +44,9 @@ D = TrainConfig()
               help="Weight of the JPEG block-grid pattern loss (0 = off).")
 @click.option("--lambda-quality", type=float, default=D.lambda_quality,
               help="Weight of the per-image noise/sharpness/blockiness match (QualityLoss; 0 = off).")
+@click.option("--lambda-dist", type=float, default=D.lambda_dist,
+              help="Weight of the 1-D Wasserstein distance between the values of y − x and ŷ − x per image "
+                   "(the degradation's randomness at its true strength; 0 = off).")
 @click.option("--lambda-jpeg", type=float, default=D.lambda_jpeg,
               help="Weight of the JPEG head's step against each sample's known JPEG quality (0 = off).")
 @click.option("--jpeg-steps-from-label/--no-jpeg-steps-from-label", default=D.jpeg_steps_from_label,
@@ -109,7 +112,7 @@ D = TrainConfig()
 @user_errors
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
-         lambda_grid: float, lambda_quality: float, lambda_jpeg: float, jpeg_steps_from_label: bool, lambda_noise: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
+         lambda_grid: float, lambda_quality: float, lambda_dist: float, lambda_jpeg: float, jpeg_steps_from_label: bool, lambda_noise: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
          jpeg_prob: float, jpeg_min: int, blur_max_sigma: float, mix: str, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None, init_skip: str,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
@@ -136,7 +139,7 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
     dev = resolve_device(device)
     config = TrainConfig(preset=preset, steps=steps, batch=batch, crop=crop, lr=lr, lr_aux=lr_aux, adam_eps=adam_eps,
                          perceptual=perceptual, lambda_sim=lambda_sim, lambda_grid=lambda_grid,
-                         lambda_quality=lambda_quality, lambda_jpeg=lambda_jpeg,
+                         lambda_quality=lambda_quality, lambda_dist=lambda_dist, lambda_jpeg=lambda_jpeg,
                          jpeg_steps_from_label=jpeg_steps_from_label, lambda_noise=lambda_noise,
                          clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std,
                          jpeg_prob=jpeg_prob, jpeg_min=jpeg_min, blur_max_sigma=blur_max_sigma,

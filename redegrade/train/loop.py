@@ -61,6 +61,7 @@ class TrainConfig:
     lambda_quality: float = 1.0    # per-image noise/sharpness/blockiness match (QualityLoss; not in CDD)
     lambda_jpeg: float = 1.0       # JPEG head's step vs the sample's known quality (jpeg_step_loss; not in CDD)
     jpeg_steps_from_label: bool = False  # only jpeg_step_loss moves the JPEG head's steps (see Trainer)
+    lambda_dist: float = 0.0       # residual distributions of y and ŷ (residual_distribution_loss; not in CDD)
     lambda_noise: float = 0.0      # noise head's level vs the sample's known noise (noise_level_loss; not in CDD)
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0
@@ -197,6 +198,8 @@ class Trainer:
         }
         if c.lambda_quality:
             terms["quality"] = self.quality(y, y_hat)
+        if c.lambda_dist:
+            terms["dist"] = L.residual_distribution_loss(x, y, y_hat)
         head = getattr(m.synthesis, "jpeg_head", None)
         if head is not None and jpeg_quality is not None and c.lambda_jpeg:
             steps = head.multipliers(m.degradation_map(code_hat), code_hat.e_g, x.shape[-2:])
@@ -214,7 +217,8 @@ class Trainer:
             terms["contra"], keys = self.moco.loss(code.e_g, y_pos)
         if self.critic is not None:
             terms["gan"] = L.generator_gan_loss(self.critic, x, y_hat)
-        weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "jpeg": c.lambda_jpeg,
+        weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "dist": c.lambda_dist,
+                   "jpeg": c.lambda_jpeg,
                    "noise": c.lambda_noise,
                    "color": c.lambda_color, "clean": c.lambda_clean,
                    "rate_g": c.lambda_g, "rate_l": c.lambda_l,

@@ -14,6 +14,8 @@ Every loss takes and compares images in ``[-1,1]`` ``[B,3,H,W]`` and returns a s
 * :class:`QualityLoss` — the three no-reference statistics transfer is judged by (noise level, sharpness,
   blockiness; :mod:`redegrade.quality`), matched per image on a log scale. They are first order in
   an added noise's amplitude where the similarity losses are second order (see the class).
+* :func:`residual_distribution_loss` — the distribution of y − x against that of ŷ − x (1-D Wasserstein
+  per image and channel), so the model renders a degradation's randomness at its true strength.
 * :func:`color_loss` (``rgbn``), :func:`diversity_loss`, :func:`contrastive_loss`, the WGAN-GP pair
   :func:`critic_loss` / :func:`generator_gan_loss`.
 """
@@ -67,6 +69,22 @@ def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, kernel: int = 45, sigma:
         return (t - lo) / (hi - lo).clamp_min(1e-6)
 
     return (gaussian_blur(norm(y), kernel, sigma) - gaussian_blur(norm(y_hat), kernel, sigma)).abs().mean()
+
+
+def residual_distribution_loss(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+    """1-D Wasserstein distance between the values of ``y − x`` and of ``ŷ − x``, per image and channel.
+
+    Why: the pixel objectives compare y and ŷ pixel by pixel, and the best pixel-wise prediction of a
+    noisy y is (nearly) noise-free: trained on them, the model rendered half of N's noise and few of its
+    dropped pixels, and an inversion through a forward model that is too clean fits the rest of y's noise
+    into x. Sorted residuals compare distributions, not positions, so a right noise with another random
+    state costs nothing, and too little noise (or too few dropped pixels) costs in proportion.
+    """
+    _check_pair(y, y_hat)
+    _check_pair(x, y)
+    r = (y - x).flatten(2).sort(dim=-1).values
+    r_hat = (y_hat - x).flatten(2).sort(dim=-1).values
+    return (r - r_hat).abs().mean()
 
 
 def diversity_loss(a: torch.Tensor, b: torch.Tensor, *, c2: float = 0.12, window: int = 11,
