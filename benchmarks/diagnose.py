@@ -96,7 +96,7 @@ def main(generator, resolution, images, tasks, level, loss, redegrader, fit_step
 def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps, seed) -> int:
     from redegrade.degradations import ffhqx
     from redegrade.forward import Identity, KnownDegradation
-    from redegrade.metrics import psnr
+    from redegrade.pixels.scale import psnr
     from redegrade.objective import build
     from redegrade.redegrader import Redegrader
 
@@ -126,9 +126,9 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
                            "known": {k: float(known_loss(objective, y_true, deg, c, R)) for k, c in cands.items()}}
                 red.reset(y, generator=settings.generator(s))
                 columns["red E(y)"] = {k: float(objective(y, red(c))) for k, c in cands.items()}
-                acc["psnr identity"].append(psnr(x, y))
-                acc["psnr known"].append(psnr(KnownDegradation(deg, resolution=R)(x), y_true))
-                acc["psnr red E(y)"].append(psnr(red(x), y))
+                acc["psnr identity"].append(float(psnr(x, y)))
+                acc["psnr known"].append(float(psnr(KnownDegradation(deg, resolution=R)(x), y_true)))
+                acc["psnr red E(y)"].append(float(psnr(red(x), y)))
             # gradients at a wrong estimate x0 (blurred x); identity and red at E(y)
             x0 = cands["blurred"]
             torch.manual_seed(s)
@@ -144,7 +144,7 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
                 fit_code(red, objective, y, x, steps=fit_steps, lr=0.03, noise=noise)
                 with torch.no_grad():
                     columns[label] = {k: float(objective(y, red(c))) for k, c in cands.items()}
-                    acc[f"psnr {label}"].append(psnr(red(x), y))
+                    acc[f"psnr {label}"].append(float(psnr(red(x), y)))
             for col, vals in columns.items():
                 for k, v in vals.items():
                     acc[f"L {col} {k}"].append(v)

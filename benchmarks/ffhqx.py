@@ -364,7 +364,8 @@ class Runner:
                   store: ResultStore, budget: list[int], bar=None) -> None:
         """Restore one image under every (task, level) × mode not in ``done``; append a row after each."""
         from redegrade.degradations import ffhqx
-        from redegrade.metrics import lpips_distance, psnr
+        from redegrade.metrics import lpips_distance
+        from redegrade.pixels.scale import psnr
 
         out, R = self.bench.out, self.resolution
         gt = png_roundtrip(fit_to_resolution(load_image(gt_item.path), R, name=gt_item.id))

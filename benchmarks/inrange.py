@@ -72,7 +72,7 @@ def targets(G, n: int, seed: int, psi: float) -> torch.Tensor:
 
 
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    from redegrade.metrics import psnr as _psnr
+    from redegrade.pixels.scale import psnr as _psnr
 
     return float(_psnr(x.float().cpu().clamp(-1, 1), ref.float().cpu()))
 

@@ -41,6 +41,7 @@ from redegrade import quality
 from redegrade.cli import setup_logging, user_errors
 from redegrade.errors import InputError
 from redegrade.image import pil_to_tensor, png_roundtrip, shrink_short_side, tensor_to_pil
+from redegrade.pixels.scale import psnr, to_unit
 from redegrade.redegrader import Redegrader
 from redegrade.settings import generator
 from redegrade.transfer import transfer
@@ -166,9 +167,9 @@ class Scorer:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-        s = {"psnr": float(quality.psnr(x, ref)), "texture": self.texture_distance(x, ref)}
+        s = {"psnr": float(psnr(x, ref)), "texture": self.texture_distance(x, ref)}
         if self.msssim is not None:
-            xu, ru = quality.to_unit(x).clamp(0, 1), quality.to_unit(ref).clamp(0, 1)
+            xu, ru = to_unit(x.float()).clamp(0, 1), to_unit(ref.float()).clamp(0, 1)
             s["ssim"] = float(self.msssim.ssim(xu, ru, data_range=1.0))
             if min(x.shape[-2:]) > 160:  # 5 scales of an 11-tap window
                 s["ms_ssim"] = float(self.msssim.ms_ssim(xu, ru, data_range=1.0))
@@ -243,7 +244,7 @@ def evaluate(model: Redegrader, photos: list[Path], *, crop: int, seed: int, cas
             rec = Record(case.name, (photos[i].name, photos[j].name), stats,
                          fractions(stats, "transfer", case), fractions(stats, "clean", case),
                          fractions(stats, "reproduce", case), scorer(out["reproduce"], true_b), scorer(out["transfer"], true_b),
-                         float(quality.psnr(clean_out[i], b)), scorer(b, true_b))
+                         float(psnr(clean_out[i], b)), scorer(b, true_b))
             records.append(rec)
             log.debug("%s %s→%s: fraction %s, clean PSNR %.1f", case.name, *rec.pair, rec.fraction, rec.clean_psnr)
         log.info("%s: %d pairs in %.0f s", case.name, len(pairs), time.perf_counter() - t0)

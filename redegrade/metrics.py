@@ -36,14 +36,6 @@ PFID_CROPS = 1000
 T = TypeVar("T")
 
 
-def psnr(x: torch.Tensor, ref: torch.Tensor, *, data_range: float = 2.0) -> float:
-    """PSNR in dB of ``x`` against ``ref`` (``data_range`` 2 for ``[-1,1]`` images, as torchmetrics in RSG)."""
-    if x.shape != ref.shape:
-        raise ShapeError(f"PSNR needs equal shapes, got {tuple(x.shape)} and {tuple(ref.shape)}")
-    mse = (x.double() - ref.double()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(data_range ** 2 / mse))
-
-
 def _hub_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
@@ -182,6 +174,7 @@ class FeatureStats:
 
 def frechet_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
     """Fréchet distance between two ``(mu, sigma)`` Gaussians (pytorch-fid's implementation)."""
+    from redegrade import _compat  # noqa: F401  (before pytorch-fid, which imports torchvision)
     from pytorch_fid.fid_score import calculate_frechet_distance
 
     return float(calculate_frechet_distance(a[0], a[1], b[0], b[1]))

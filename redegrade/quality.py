@@ -25,45 +25,19 @@ import torch
 import torch.nn.functional as F
 
 from redegrade.image import check_image
+from redegrade.pixels.scale import to_unit
+from redegrade.pixels.stats import MAD_TO_STD, haar_hh, luma
 from redegrade.settings import generator
 
-# ITU-R BT.601 luma weights (what JPEG's YCbCr uses).
-_LUMA = (0.299, 0.587, 0.114)
-# MAD → standard deviation for a Gaussian: Φ⁻¹(3/4).
-_MAD_TO_STD = 0.6745
 # Mean absolute step below which a region counts as flat (¼ of an 8-bit level, in [0,1] units).
 _FLAT = 1e-3
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """``[-1,1]`` → ``[0,1]`` (the scale every statistic here is expressed in)."""
-    return (x.float() + 1) / 2
-
-
-def luma(x: torch.Tensor) -> torch.Tensor:
-    """``[B,3,H,W]`` in ``[-1,1]`` → BT.601 luma ``[B,1,H,W]`` in ``[0,1]``."""
-    w = torch.tensor(_LUMA, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return (to_unit(x) * w).sum(dim=1, keepdim=True)
-
-
-def haar_hh(x: torch.Tensor) -> torch.Tensor:
-    """Finest orthonormal Haar diagonal band of each channel, ``[B,C,H//2,W//2]``.
-
-    Orthonormal, so i.i.d. noise of standard deviation σ stays σ in this band, while smooth content
-    (constant or linear over a 2×2 block) cancels exactly.
-    """
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    x = x[..., :h, :w]
-    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
-    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
-    return (a - b - c + d) / 2
 
 
 def noise_level(x: torch.Tensor) -> torch.Tensor:
     """Robust noise standard deviation per image ``[B]`` (Donoho's MAD of the Haar HH band), in ``[0,1]`` units."""
     check_image(x, "image")
-    hh = haar_hh(to_unit(x)).flatten(2)  # [B, C, N]
-    sigma = hh.abs().median(dim=-1).values / _MAD_TO_STD  # [B, C]
+    hh = haar_hh(to_unit(x.float())).flatten(2)  # [B, C, N]
+    sigma = hh.abs().median(dim=-1).values / MAD_TO_STD  # [B, C]
     return sigma.mean(dim=1)
 
 
@@ -135,7 +109,7 @@ def filter_bank_stats(x: torch.Tensor, bank: torch.Tensor | None = None) -> torc
     """
     check_image(x, "image")
     bank = random_filter_bank() if bank is None else bank
-    r = F.conv2d(to_unit(x), bank.to(x.device, x.dtype)).flatten(2)  # [B, n, N]
+    r = F.conv2d(to_unit(x.float()), bank.to(x.device, x.dtype)).flatten(2)  # [B, n, N]
     return torch.cat([r.mean(dim=-1), r.std(dim=-1)], dim=1)
 
 
@@ -143,14 +117,8 @@ def gram_matrix(x: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tens
     """Gram matrix ``[B,n,n]`` of the random filter-bank responses (second-order texture statistics)."""
     check_image(x, "image")
     bank = random_filter_bank() if bank is None else bank
-    r = F.conv2d(to_unit(x), bank.to(x.device, x.dtype)).flatten(2)  # [B, n, N]
+    r = F.conv2d(to_unit(x.float()), bank.to(x.device, x.dtype)).flatten(2)  # [B, n, N]
     return r @ r.transpose(1, 2) / r.shape[-1]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per image ``[B]`` for images in ``[-1,1]`` (peak-to-peak 2)."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
 
 def measure(x: torch.Tensor) -> dict[str, torch.Tensor]:

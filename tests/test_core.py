@@ -109,3 +109,25 @@ def test_builtin_backends_registered_through_entry_points():
     assert names["rsg"].distribution == "redegrade"
     with pytest.raises(UnknownBackendError, match="rsg"):
         backend.load("no-such-backend")
+
+
+def test_the_model_and_the_pixel_primitives_import_no_degradation_scripts():
+    """``model/`` is the network and ``pixels/`` the ground floor: neither reaches up into
+    ``degradations/``, ``quality`` or the metrics (function-level imports included)."""
+    import ast
+    from pathlib import Path
+
+    import redegrade
+
+    root = Path(redegrade.__file__).parent
+    upstairs = ("redegrade.degradations", "redegrade.quality", "redegrade.metrics", "redegrade.train")
+    for folder in ("model", "pixels"):
+        for path in (root / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                assert not any(n.startswith(upstairs) for n in names), (path.name, names)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from redegrade.pixels import jpeg as pixels_jpeg
 from PIL import Image
 from scipy import stats as scipy_stats
 
@@ -224,7 +226,7 @@ def test_diff_jpeg_clamps_and_odd_sizes():
 
 def test_round_ste_gradient():
     x = torch.tensor([0.0, 0.25, 1.5, 2.4], requires_grad=True)
-    y = jpeg.round_ste(x)
+    y = pixels_jpeg.round_ste(x)
     y.sum().backward()
     r = torch.round(x.detach())
     assert torch.equal(y.detach(), r)
@@ -472,13 +474,13 @@ def test_wqi_jpeg_prob_skips_jpeg_but_keeps_8_bit_and_cdds_stream(face):
 def test_round_to_step_rounds_and_its_gradients_say_what_a_larger_step_does():
     c = torch.tensor([0.2, -0.3, 0.6, -0.7, 5.2], requires_grad=True)
     step = torch.tensor(1.0, requires_grad=True)
-    out = jpeg.round_to_step(c, step)
+    out = pixels_jpeg.round_to_step(c, step)
     torch.testing.assert_close(out.detach(), torch.tensor([0.0, -0.0, 1.0, -1.0, 5.0]))
     grads_c = torch.autograd.grad(out.sum(), c, retain_graph=True)[0]
     # zeroed coefficients: a small change keeps them at 0; the others pass straight through
     assert grads_c.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
     # an inversion's image gets a gradient in the zero bin too, with the same values forward
-    inverted = jpeg.round_to_step(c, step, zero_bin_gradient=True)
+    inverted = pixels_jpeg.round_to_step(c, step, zero_bin_gradient=True)
     torch.testing.assert_close(inverted.detach(), out.detach())
     assert torch.autograd.grad(inverted.sum(), c)[0].tolist() == [1.0] * 5
     per_coefficient = [float(torch.autograd.grad(out[i], step, retain_graph=True)[0]) for i in range(5)]

@@ -422,7 +422,7 @@ def test_jpeg_head_with_subsampling_reproduces_pils_low_quality_jpeg():
 
     from redegrade.degradations import jpeg
     from redegrade.image import pil_to_tensor
-    from redegrade.metrics import psnr
+    from redegrade.pixels.scale import psnr
     from redegrade.model.layers import JpegHead
 
     x = pil_to_tensor(Image.fromarray(skdata.astronaut()).resize((64, 64), Image.Resampling.LANCZOS))
@@ -436,7 +436,7 @@ def test_jpeg_head_with_subsampling_reproduces_pils_low_quality_jpeg():
         ratio = float(luma12[0, 0] / luma50[0, 0])  # the head's smooth cap: m = 10·tanh(raw / 10)
         _set_jpeg_multiplier(head, head.max_scale * math.atanh(ratio / head.max_scale))
         with torch.no_grad():
-            scores[subsample] = psnr(head(x, e, e_g).clamp(-1, 1), real)
+            scores[subsample] = float(psnr(head(x, e, e_g).clamp(-1, 1), real))
     assert scores[True] > 33 and scores[True] > scores[False] + 4, scores
 
 

@@ -364,7 +364,7 @@ def test_photos_helper_splits_heldout_deterministically(tmp_path):
 
 # ------------------------------------------------------------------------------ JPEG grid and clean samples
 def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    from redegrade.degradations.base import from_unit, to_unit
+    from redegrade.pixels.scale import from_unit, to_unit
     from redegrade.degradations.jpeg import decode, encode
 
     return from_unit(decode(encode(to_unit(x), quality)))

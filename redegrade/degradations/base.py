@@ -10,7 +10,7 @@ A :class:`Degradation` has two faces:
   gradients flow to its input.
 
 Images are ``[B,3,H,W]`` float32 in ``[-1,1]``; internally the degradations work in ``[0,1]`` (the
-range RSG's and CDD's scripts use), see :func:`to_unit` / :func:`from_unit`.
+range RSG's and CDD's scripts use), see :func:`~redegrade.pixels.scale.to_unit` / :func:`~redegrade.pixels.scale.from_unit`.
 """
 from __future__ import annotations
 
@@ -19,16 +19,7 @@ import torch
 
 from redegrade.errors import ConfigError, ShapeError
 from redegrade.image import check_image, png_roundtrip
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """``[-1,1]`` → ``[0,1]``."""
-    return (x + 1) * 0.5
-
-
-def from_unit(u: torch.Tensor) -> torch.Tensor:
-    """``[0,1]`` → ``[-1,1]``."""
-    return u * 2 - 1
+from redegrade.pixels.scale import from_unit, to_unit
 
 
 def sub_seed(seed: int, stream: int) -> int:

@@ -29,7 +29,7 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from redegrade.degradations.base import from_unit, to_unit
+from redegrade.pixels.scale import from_unit, to_unit
 from redegrade.degradations.jpeg import decode, encode
 from redegrade.image import check_shape
 

@@ -12,6 +12,10 @@ import math
 import torch
 from torch import nn
 
+from redegrade.pixels.jpeg import dct_matrix, quantization_tables, split_blocks
+from redegrade.pixels.scale import to_unit
+from redegrade.pixels.stats import MAD_TO_STD, haar_hh, luma
+
 #: Length of :func:`jpeg_signature`.
 SIGNATURE_DIM = 64
 #: The libjpeg qualities whose luma steps :func:`jpeg_lattice` tries (one feature each).
@@ -36,9 +40,6 @@ def jpeg_signature(y: torch.Tensor) -> torch.Tensor:
 
 def _luma_dct(y: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """The luma's 8×8 block-DCT coefficients ``[B,N,64]`` in 8-bit levels, on the grid starting at ``offset``."""
-    from redegrade.degradations.jpeg import dct_matrix, split_blocks
-    from redegrade.quality import luma
-
     levels = luma(y)[:, 0, offset:, offset:] * 255
     h, w = levels.shape[-2] // 8 * 8, levels.shape[-1] // 8 * 8
     d = dct_matrix().to(levels)
@@ -47,8 +48,6 @@ def _luma_dct(y: torch.Tensor, offset: int = 0) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=1)
 def _lattice_steps() -> torch.Tensor:
-    from redegrade.degradations.jpeg import quantization_tables
-
     return torch.stack([quantization_tables(q)[0].flatten()[1:] for q in LATTICE_QUALITIES])  # [K,63] AC
 
 
@@ -82,13 +81,11 @@ def noise_signature(y: torch.Tensor) -> torch.Tensor:
     photos, and weak noise transferred 0.1 of the way; these statistics see it directly (the coarser
     scales keep JPEG-compressed noise, whose finest band JPEG removes). ≈0 for a clean photo's texture.
     """
-    from redegrade.quality import _MAD_TO_STD, haar_hh, to_unit
-
-    u, feats = to_unit(y), []
+    u, feats = to_unit(y.float()), []
     for _ in range(3):
         hh = haar_hh(u).abs().flatten(2)  # [B,3,N]
         quarter = hh.topk(max(1, hh.shape[-1] // 4), dim=-1, largest=False).values.mean(dim=-1)
-        for stat in (hh.median(dim=-1).values / _MAD_TO_STD, quarter):
+        for stat in (hh.median(dim=-1).values / MAD_TO_STD, quarter):
             feats.append(((stat + 1e-3) / 0.01).log())
         u = nn.functional.avg_pool2d(u, 2)
     return torch.cat(feats, dim=1)

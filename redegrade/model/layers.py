@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from redegrade.pixels.jpeg import quantise_ycc, quantization_tables, round_to_step
+
 
 def lrelu(slope: float = 0.01) -> nn.Module:
     return nn.LeakyReLU(slope)
@@ -191,7 +193,7 @@ class JpegHead(nn.Module):
     Each 8×8 block (on the grid anchored at pixel 0, as in a JPEG file) gets two multipliers
     ``m = softplus(conv1×1(avgpool(e)) + linear(e_g))`` of the libjpeg quality-50 luma and chroma tables
     (m = 2.5 is quality 20, m = 0.1 quality 95); its YCbCr DCT coefficients are rounded to those steps
-    (:func:`~redegrade.degradations.jpeg.round_to_step`: m's gradient says how many coefficients a larger
+    (:func:`~redegrade.pixels.jpeg.round_to_step`: m's gradient says how many coefficients a larger
     step would zero; ŷ's passes straight through, in training mode outside the zero bin only, so that
     the frozen model in an inversion gives x a gradient for every coefficient). Why: after 22k steps the U-Net alone
     reproduced 0.09 of a q=20 JPEG's blockiness; a grid of independently rounded DCT coefficients is
@@ -209,7 +211,6 @@ class JpegHead(nn.Module):
                  *, subsample: bool = False):
         super().__init__()
         self.subsample = subsample
-        from redegrade.degradations.jpeg import quantization_tables
 
         self.scale = nn.Conv2d(map_channels, 2, 1)
         # a direct read of e_g as well: JPEG quality is global, and through the fused map alone (a ReLU
@@ -235,8 +236,6 @@ class JpegHead(nn.Module):
         return self.max_scale * torch.tanh(m / self.max_scale)
 
     def forward(self, y: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor) -> torch.Tensor:
-        from redegrade.degradations.jpeg import quantise_ycc, round_to_step
-
         m = self.multipliers(e, e_g, y.shape[-2:]).to(y.dtype)
         if self.steps_from_label:
             m = m.detach()

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from redegrade.errors import ConfigError, ShapeError
-from redegrade.quality import blockiness, haar_hh, sharpness, to_unit
+from redegrade.pixels.scale import to_unit
+from redegrade.pixels.stats import haar_hh
+from redegrade.quality import blockiness, sharpness
 
 PERCEPTUAL = ("stats", "gram", "lpips", "l1", "msl1")
 

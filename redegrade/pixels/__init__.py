@@ -1,0 +1,8 @@
+"""Pixel primitives on the ground floor: the model, the degradations and the quality measures import
+them, and they import nothing of redegrade's but its errors.
+
+* :mod:`~redegrade.pixels.scale` — ``[-1,1]`` ↔ ``[0,1]`` and PSNR;
+* :mod:`~redegrade.pixels.stats` — luma, the finest Haar band, the MAD → σ factor;
+* :mod:`~redegrade.pixels.jpeg` — PIL's quantisation tables, the 8×8 DCT, rounding to a step, JPEG's
+  lossy core on tensors.
+"""
