@@ -52,6 +52,7 @@ from redegrade.model.encoders import ConvBNAct
 from redegrade.model.entropy import MODES, CodeEntropyModel, quantize
 from redegrade.model.layers import IDA, PreActConv, PreActConvT, ResidualMLP
 from redegrade.model.network import CodedModel, DegradationCode, MapFusion
+from redegrade.model.synthesis import run_block
 
 ARCHITECTURE = "cdd"
 LOCAL_ENCODERS = ("LPEL", "LPELOri")
@@ -352,20 +353,21 @@ class CDDSynthesis(nn.Module):
         self.conv_last = PreActConv(w[0], 3, 1, act=_act("lrelu"))
         self.levels = L
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], *,
+                checkpoint: bool = False) -> torch.Tensor:
         it = iter(noise)
         h = self.conv_first(x * 2 - 1)  # CDD's VUNet: "inp = clean * 2 - 1" on an input already in [-1, 1]
         skips = []
         for lv in range(self.levels):
             for b in self.down_blocks[lv]:
-                h = b(h, e, next(it), next(it))
+                h = run_block(b, h, e, next(it), next(it), checkpoint=checkpoint)
             if lv < self.levels - 1:
                 skips.append(h)
                 h = self.downsample[lv](h)
         for lv in reversed(range(self.levels - 1)):
             h = self.skip[lv](torch.cat([self.upsample[lv](h), skips[lv]], dim=1))
             for b in self.up_blocks[lv]:
-                h = b(h, e, next(it), next(it))
+                h = run_block(b, h, e, next(it), next(it), checkpoint=checkpoint)
         return self.conv_last(h)
 
 
@@ -530,10 +532,12 @@ class CDDModel(CodedModel):
                 for h, w in self.noise_shapes(*x.shape[-2:])]
 
     # -- synthesis --------------------------------------------------------------------------------
-    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
-        """ŷ = CDD ``netG(x, e_g, e_l)``: x [B,3,H,W] in [-1,1], the code as given, CDD's noise maps."""
+    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
+                   checkpoint: bool = False) -> torch.Tensor:
+        """ŷ = CDD ``netG(x, e_g, e_l)``: x [B,3,H,W] in [-1,1], the code as given, CDD's noise maps.
+        ``checkpoint`` recomputes each block in the backward (same values, less memory)."""
         self._check_synthesis_inputs(x, code, noise, multiple=self.multiple)
-        return self.synthesis(x, self.fusion(code), noise)
+        return self.synthesis(x, self.fusion(code), noise, checkpoint=checkpoint)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         return self.synthesize(x, code, noise)

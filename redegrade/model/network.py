@@ -154,10 +154,15 @@ class UniversalDegradationModel(CodedModel):
                 for h, w in self.noise_shapes(*x.shape[-2:])]
 
     # -- synthesis --------------------------------------------------------------------------------
-    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
-        """ŷ = f̂(x, e_g, e_l, n): x [B,3,H,W], code at H/2, ``num_noise`` maps → [B,3,H,W]."""
+    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
+                   checkpoint: bool = False) -> torch.Tensor:
+        """ŷ = f̂(x, e_g, e_l, n): x [B,3,H,W], code at H/2, ``num_noise`` maps → [B,3,H,W].
+
+        ``checkpoint`` trades a second forward of each SFT block in the backward for not storing its
+        activations (same values and gradients; see :func:`~redegrade.model.synthesis.run_block`).
+        """
         self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)
-        return self.synthesis(x, self.fusion(code), noise, code.e_g)
+        return self.synthesis(x, self.fusion(code), noise, code.e_g, checkpoint=checkpoint)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """Same as :meth:`synthesize`."""
