@@ -203,7 +203,7 @@ class Redegrader(ForwardModel):
             e_l = F.interpolate(code.e_l, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
             code = DegradationCode(code.e_g, e_l)
             noise = [F.interpolate(n, size=s, mode="nearest") for n, s in zip(noise, self.model.noise_shapes(h, w))]
-        code_hat, _ = self.model.quantize(code, self.quantizer)
+        code_hat, _ = self.model.quantize(code, self.quantizer, rate=False)  # the rate is never read here
         dtype = PRECISIONS[self.precision]
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             y_hat = self.model.synthesize(x, code_hat, noise, checkpoint=self._checkpointing(x))

@@ -429,7 +429,7 @@ class CDDImageCompressor(nn.Module):
         self.bit_estimator = BitEstimator(n)
         self.head = self.tail = None
 
-    def forward(self, z: torch.Tensor, mode: str, *, generator: torch.Generator | None = None
+    def forward(self, z: torch.Tensor, mode: str, *, generator: torch.Generator | None = None, rate: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if mode not in MODES:
             raise ConfigError(f"unknown quantisation mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -438,6 +438,8 @@ class CDDImageCompressor(nn.Module):
                              f"multiples of 32), got e_l {tuple(z.shape[-2:])}")
         v = self.encoder(z)
         vq = quantize(v, mode, torch.zeros((), dtype=v.dtype, device=v.device), generator)
+        if not rate:
+            return self.decoder(vq).clamp(0.0, 1.0), vq.new_zeros(vq.shape[0])
         prob = self.bit_estimator(vq + 0.5) - self.bit_estimator(vq - 0.5)
         bits = torch.clamp(-torch.log(prob + 1e-10) / math.log(2.0), 0, 50).flatten(1).sum(dim=1)
         return self.decoder(vq).clamp(0.0, 1.0), bits
@@ -543,8 +545,8 @@ class CDDModel(CodedModel):
         return self.synthesize(x, code, noise)
 
     # -- entropy ----------------------------------------------------------------------------------
-    def quantize(self, code: DegradationCode, mode: str, *, generator: torch.Generator | None = None
-                 ) -> tuple[DegradationCode, dict[str, torch.Tensor]]:
+    def quantize(self, code: DegradationCode, mode: str, *, generator: torch.Generator | None = None,
+                 rate: bool = True) -> tuple[DegradationCode, dict[str, torch.Tensor]]:
         """The code the synthesis saw in training: each code through its entropy model (``mode`` as in
         :meth:`UniversalDegradationModel.quantize`) if CDD's config had it enabled, unchanged (0 bits) if not."""
         self._check_code(code)
@@ -554,7 +556,7 @@ class CDDModel(CodedModel):
         for key, z, model, spec in (("g", code.e_g, self.entropy_g, self.config.compressor_g),
                                     ("l", code.e_l, self.entropy_l, self.config.compressor_l)):
             if spec.enabled:
-                z, bits = model(z, mode, generator=generator)
+                z, bits = model(z, mode, generator=generator, rate=rate)
             else:
                 bits = z.new_zeros(z.shape[0])
             out.append(z)

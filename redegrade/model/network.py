@@ -169,16 +169,16 @@ class UniversalDegradationModel(CodedModel):
         return self.synthesize(x, code, noise)
 
     # -- entropy ----------------------------------------------------------------------------------
-    def quantize(self, code: DegradationCode, mode: str, *, generator: torch.Generator | None = None
-                 ) -> tuple[DegradationCode, dict[str, torch.Tensor]]:
+    def quantize(self, code: DegradationCode, mode: str, *, generator: torch.Generator | None = None,
+                 rate: bool = True) -> tuple[DegradationCode, dict[str, torch.Tensor]]:
         """Quantise both codes by ``mode`` ("noise" | "ste" | "round" | "none"; never from ``self.training``).
 
         Returns the code to synthesise from and ``rate = {"g": bits [B], "l": bits [B]}``. ``"noise"``
         needs ``generator``. e_g goes through the entropy head/tail MLPs, so ``code_hat.e_g`` differs
-        from ``code.e_g`` even with ``"none"``.
+        from ``code.e_g`` even with ``"none"``. ``rate=False`` skips the bits (zeros; inversion).
         """
         self._check_code(code)
-        e_g, bits_g = self.entropy_g(code.e_g, mode, generator=generator)
-        e_l, bits_l = self.entropy_l(code.e_l, mode, generator=generator)
+        e_g, bits_g = self.entropy_g(code.e_g, mode, generator=generator, rate=rate)
+        e_l, bits_l = self.entropy_l(code.e_l, mode, generator=generator, rate=rate)
         return DegradationCode(e_g, e_l), {"g": bits_g, "l": bits_l}
 
