@@ -262,7 +262,8 @@ class _Bars:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @user_errors
 def main(input_path: Path | None, output: Path | None, backend_name: str, list_backends: bool, mode: str,
-         redegrader: str | None, precision: str, checkpoint: str, generator: str | None, diffusion_model: str | None, zeta: float | None,
+         redegrader: str | None, precision: str, checkpoint: str, generator: str | None,
+         diffusion_model: str | None, zeta: float | None,
          early_exit: bool | None, loss: str | None, steps: int | None, seed: int, device: str, save_all: bool,
          align: bool, assignments: tuple[str, ...], no_progress: bool, verbose: bool) -> None:
     """Restore a degraded face image INPUT by inverting a generative prior through a forward model.
