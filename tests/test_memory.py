@@ -123,3 +123,41 @@ def test_bad_options_are_refused():
         Redegrader(_tiny_ours(), checkpoint="yes")
     with pytest.raises(InputError, match="precision"):
         Redegrader(_tiny_ours(), precision="half")
+
+
+def test_no_graph_survives_from_one_rsg_step_to_the_next():
+    """Every tensor autograd saved for a step's backward is released before the next step's forward."""
+    import weakref
+
+    from redegrade.objective import build
+    from redegrade_rsg import Phase
+    from redegrade_rsg.phases import run_phase
+    from redegrade_stylegan2 import tiny_generator
+
+    class Saved:  # what the pack hook hands autograd; alive exactly as long as the saved tensor
+        def __init__(self, t: torch.Tensor):
+            self.t = t
+
+    alive: weakref.WeakSet = weakref.WeakSet()
+    at_step_start: list[int] = []
+
+    def pack(t):
+        s = Saved(t)
+        alive.add(s)
+        return s
+
+    red = Redegrader(_tiny_ours(), checkpoint="on")
+    G = tiny_generator(resolution=RES, seed=0)
+    y = _img(1)
+    red.reset(y, generator=_gen(0))
+    real = G.synthesis.forward
+
+    def counting(*args, **kw):  # a step starts with the generator's forward
+        at_step_start.append(len(alive))
+        return real(*args, **kw)
+
+    G.synthesis.forward = counting
+    latent = G.mapping.w_avg.reshape(1, 1, -1).clone()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.t):
+        run_phase(G, red, build("l1"), y, latent, Phase("W", "w", 3, 0.08, 0.01))
+    assert at_step_start == [0, 0, 0] and len(alive) == 0
