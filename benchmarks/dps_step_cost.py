@@ -84,7 +84,9 @@ def main(archs: str, steps: int, threads: int, early_exit_steps: int) -> None:
         r = DPS(DPSConfig(steps=early_exit_steps, device="cpu", early_exit=True), prior=build("tiny")).restore(y, Identity())
         full = DPS(DPSConfig(steps=early_exit_steps, device="cpu"), prior=build("tiny")).restore(y, Identity())
         saved = early_exit_steps - r.info["nfe"]
-        click.echo(f"early exit (tiny, {early_exit_steps} steps, window 50, tol 0.5%): nfe {r.info['nfe']} "
+        c = DPSConfig()
+        click.echo(f"early exit (tiny random prior, {early_exit_steps} steps, window {c.early_exit_window:.0%}, "
+                   f"tol {c.early_exit_tol}, x̂₀ tol {c.early_exit_x0_tol}): nfe {r.info['nfe']} "
                    f"(saved {saved}, {100 * saved / early_exit_steps:.0f}%), exit step {r.info['early_exit_step']}, "
                    f"residual {r.info['residual']:.2f} vs {full.info['residual']:.2f} with the full schedule")
 

@@ -1,7 +1,7 @@
 """Cost of one backend step with each forward model, as ratios to the naive (identity) step.
 
-    python benchmarks/step_cost.py --resolution 256 --steps 3
-    python benchmarks/step_cost.py --resolution 1024 --steps 2 -o phases=W++ --device cuda
+    python benchmarks/step_cost.py --resolutions 256,1024 --steps 3 --device cuda     # the issue's table
+    python benchmarks/step_cost.py --resolutions 256 --steps 3 --redegrader ffhqx      # CPU, shipped model
 
 Each mode runs in its own child process (one run of this script starts them one after the other), so
 peak memory is not hidden by what an earlier mode left in the allocator. The prior is a random-weight
@@ -12,6 +12,10 @@ Step time is the median interval between consecutive progress callbacks of one p
 the process's CPU time, which a busy shared machine distorts less); peak memory is
 the CUDA allocator's peak, or on CPU the peak resident set size sampled during the steps, both above
 what was in use when the restore began.
+
+The blind child also breaks the Redegrader's share down, outside the loop on the step's own image
+size: the encoders (run once per restore, in ``reset``), the synthesis forward and its backward to x
+(median of 3 each, after a warm-up), with the Redegrader's ``--checkpoint``/``--precision`` settings.
 """
 from __future__ import annotations
 
@@ -112,14 +116,15 @@ def measure(mode: str, args: dict) -> dict:
     if mode == "blind":
         from redegrade.redegrader import Redegrader
 
+        opts = {"checkpoint": args["checkpoint"], "precision": args["precision"]}
         if args["redegrader"]:
-            fm = Redegrader.from_pretrained(args["redegrader"], device=device)
+            fm = Redegrader.from_pretrained(args["redegrader"], device=device, **opts)
         else:
             from redegrade.model import ModelConfig, UniversalDegradationModel
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                fm = Redegrader(UniversalDegradationModel(ModelConfig.preset("paper")))
+                fm = Redegrader(UniversalDegradationModel(ModelConfig.preset("paper")), **opts)
     elif mode == "naive":
         fm = Identity()
     else:
@@ -156,9 +161,38 @@ def measure(mode: str, args: dict) -> dict:
     if not phases:
         raise ConfigError("need at least 2 steps per phase to time a step (use --steps 2 or more)")
     per_phase = {p: statistics.median(v) for p, v in phases.items()}
-    return {"mode": mode, "resolution": R, "device": str(device), "threads": torch.get_num_threads(),
-            "seconds_per_step": per_phase, "all_steps": statistics.median([t for v in phases.values() for t in v]),
-            "cpu_seconds_per_step": statistics.median(cpu), "peak_bytes": int(peak)}
+    out = {"mode": mode, "resolution": R, "device": str(device), "threads": torch.get_num_threads(),
+           "seconds_per_step": per_phase, "all_steps": statistics.median([t for v in phases.values() for t in v]),
+           "cpu_seconds_per_step": statistics.median(cpu), "peak_bytes": int(peak)}
+    if mode == "blind":
+        out["breakdown"] = breakdown(fm, y_obs, device)
+    return out
+
+
+def _seconds(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
+def breakdown(fm, y: torch.Tensor, device: torch.device, reps: int = 3) -> dict[str, float]:
+    """Seconds of the Redegrader's parts: encoders (``reset``), synthesis forward, its backward to x."""
+    y = y.to(device)
+    encoder = _seconds(lambda: fm.reset(y, generator=settings.generator(0)), device)
+    for v in fm.variables():  # as in the default RSG schedule: e and n fixed, the gradient goes to x
+        v.requires_grad_(False)
+    x = y.detach().clone().requires_grad_(True)
+    fwd, bwd = [], []
+    for _ in range(reps + 1):
+        x.grad = None
+        box = {}
+        fwd.append(_seconds(lambda: box.update(out=fm(x)), device))
+        bwd.append(_seconds(lambda: box["out"].sum().backward(), device))
+    return {"encoder": encoder, "forward": statistics.median(fwd[1:]), "backward": statistics.median(bwd[1:])}
 
 
 def report(results: dict[str, dict]) -> str:
@@ -177,15 +211,25 @@ def report(results: dict[str, dict]) -> str:
             mem = r["peak_bytes"] / 2 ** 20 if phase == "all" else None
             mem_ratio = f"{r['peak_bytes'] / naive['peak_bytes']:.2f}" if phase == "all" and naive["peak_bytes"] > 0 else ""
             lines.append(f"| {mode} | {phase} | {sec:.3f} | {ratio} | {'' if mem is None else f'{mem:.0f}'} | {mem_ratio} |")
+    blind = results.get("blind")
+    if blind and "breakdown" in blind:
+        b, over = blind["breakdown"], blind["all_steps"] - naive["all_steps"]
+        lines.append(f"redegrader share: encoders {b['encoder']:.3f} s once per restore; synthesis forward "
+                     f"{b['forward']:.3f} s + backward {b['backward']:.3f} s = {b['forward'] + b['backward']:.3f} s "
+                     f"per step (blind − naive: {over:.3f} s; the rest is the larger graph's bookkeeping or noise)")
     return "\n".join(lines)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--resolution", default=256, show_default=True, help="Side of the random-weight generator's output.")
+@click.option("--resolutions", default="256,1024", show_default=True,
+              help="Comma-separated sides of the random-weight generator's output, each measured in turn.")
 @click.option("--steps", default=3, show_default=True, help="Steps per phase (≥ 2; the first of each phase is not timed).")
 @click.option("--backend", default="rsg", show_default=True)
 @click.option("--generator", help="A real prior checkpoint instead of the random one (its resolution wins).")
-@click.option("--redegrader", help="A trained universal degradation model instead of the random paper-size one.")
+@click.option("--redegrader", help="A trained universal degradation model (e.g. ffhqx, the shipped one) instead of "
+                                   "the random paper-size one.")
+@click.option("--checkpoint", default="auto", show_default=True, help="Redegrader checkpoint: auto, on or off.")
+@click.option("--precision", default="fp32", show_default=True, help="Redegrader precision: fp32, bf16 or fp16.")
 @click.option("--task", default="UNAP", show_default=True, help="FFHQ-X task of the non-blind forward model.")
 @click.option("--level", default="M", show_default=True)
 @click.option("--loss", default="lpips", show_default=True, help="lpips (random backbone: same cost), l1 or l2.")
@@ -196,32 +240,41 @@ def report(results: dict[str, dict]) -> str:
 @click.option("--child", hidden=True)
 @click.option("--verbose", "-v", is_flag=True)
 @user_errors
-def main(resolution, steps, backend, generator, redegrader, task, level, loss, modes, options, device, json_out,
-         child, verbose):
+def main(resolutions, steps, backend, generator, redegrader, checkpoint, precision, task, level, loss, modes, options,
+         device, json_out, child, verbose):
     """Per-step wall time and peak memory of one backend step in each mode, as ratios to naive."""
     setup_logging(verbose)
-    args = dict(resolution=resolution, steps=steps, backend=backend, generator=generator, redegrader=redegrader,
-                task=task, level=level, loss=loss, options=list(options), device=device)
+    args = dict(steps=steps, backend=backend, generator=generator, redegrader=redegrader, checkpoint=checkpoint,
+                precision=precision, task=task, level=level, loss=loss, options=list(options), device=device)
     if child:
-        click.echo(json.dumps(measure(child, args)))
+        mode, _, res = child.partition("@")
+        click.echo(json.dumps(measure(mode, {**args, "resolution": int(res)})))
         return
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     if "naive" not in wanted or any(m not in MODES for m in wanted):
         raise ConfigError(f"--modes {modes!r}: choose from {', '.join(MODES)}, naive included (the reference)")
-    results = {}
-    for mode in ["naive"] + [m for m in wanted if m != "naive"]:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, *sys.argv[1:]]
-        log.info("measuring %s …", mode)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            why = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
-                   else f"exit code {proc.returncode}")
-            raise ConfigError(f"measuring {mode} failed ({why}):\n{proc.stderr[-2000:]}")
-        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    click.echo(report(results))
+    everything: dict[int, dict[str, dict]] = {}
+    for res in (int(r) for r in resolutions.split(",")):
+        results = everything[res] = {}
+        for mode in ["naive"] + [m for m in wanted if m != "naive"]:
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{mode}@{res}", *sys.argv[1:]]
+            log.info("measuring %s at %d² …", mode, res)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                why = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
+                       else f"exit code {proc.returncode}")
+                raise ConfigError(f"measuring {mode} at {res}² failed ({why}):\n{proc.stderr[-2000:]}")
+            results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        click.echo(report(results), nl=True)
+        click.echo("")
+    if len(everything) > 1 and all("blind" in r for r in everything.values()):
+        ratios = ", ".join(f"{res}²: {r['blind']['all_steps'] / r['naive']['all_steps']:.2f} wall, "
+                           f"{r['blind']['cpu_seconds_per_step'] / r['naive']['cpu_seconds_per_step']:.2f} CPU time"
+                           for res, r in everything.items())
+        click.echo(f"blind/naive step time — {ratios}")
     if json_out:
         with open(json_out, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+            json.dump({str(k): v for k, v in everything.items()}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 
 _LOGIT_EPS = 1e-4  # e_l is clamped to [eps, 1-eps] before the logit so saturated values stay finite
 
+CHECKPOINT_MODES = ("auto", "on", "off")
+#: Synthesis precision: autocast dtype (``None`` = no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: ``checkpoint="auto"`` checkpoints from this image size on (512²): at 256² the paper-size U-Net's
+#: backward fits in a few GB and recomputing would only cost time.
+AUTO_CHECKPOINT_PIXELS = 512 * 512
+
 
 def default_dir() -> Path:
     """Where the shipped default checkpoint (``wqi``) lives: ``redegrade/data/redegrader/``."""
@@ -43,17 +50,35 @@ class Redegrader(ForwardModel):
       so any optimiser step keeps the local map inside (0, 1);
     - ``n.0`` … ``n.{K-1}`` [B, 1, h, w]: one noise map per SFT layer (K = 32 for the paper preset).
 
-    ``quantizer`` ("ste", "round" or "none") is applied to the codes on every forward. The wrapped
+    ``quantizer`` ("ste", "round" or "none") is applied to the codes on every forward.
+
+    Memory and speed (same maths; see ``benchmarks/blind_memory.py``):
+
+    - ``checkpoint``: ``"auto"`` (default) recomputes each SFT block in the backward instead of storing
+      its activations whenever a gradient is needed and the image has ≥ 512² pixels; ``"on"`` always
+      when a gradient is needed, ``"off"`` never. Values and gradients are the same either way.
+    - ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` runs the synthesis U-Net under
+      ``torch.autocast`` (codes, quantisation and the JPEG head stay float32; ŷ is returned as float32).
+      Half precision changes ŷ by ≈1e-2 (see ``tests/test_memory.py``); fp16 is meant for CUDA.
+
+    The wrapped
     model is frozen **in place** (eval mode, ``requires_grad=False``): wrap a copy of a model you are
     still training.
     """
 
-    def __init__(self, model: UniversalDegradationModel | CDDModel, *, quantizer: str = "ste"):
+    def __init__(self, model: UniversalDegradationModel | CDDModel, *, quantizer: str = "ste",
+                 checkpoint: str = "auto", precision: str = "fp32"):
         super().__init__()
         if quantizer not in ("ste", "round", "none"):
             raise InputError(f"Redegrader quantizer must be 'ste', 'round' or 'none', got {quantizer!r}")
+        if checkpoint not in CHECKPOINT_MODES:
+            raise InputError(f"Redegrader checkpoint must be one of {', '.join(CHECKPOINT_MODES)}, got {checkpoint!r}")
+        if precision not in PRECISIONS:
+            raise InputError(f"Redegrader precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model = model
         self.quantizer = quantizer
+        self.checkpoint = checkpoint
+        self.precision = precision
         self.e_g: torch.Tensor | None = None
         self.e_l_logit: torch.Tensor | None = None
         self.noise: list[torch.Tensor] = []
@@ -65,13 +90,15 @@ class Redegrader(ForwardModel):
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model: UniversalDegradationModel | CDDModel, *, quantizer: str = "ste") -> "Redegrader":
+    def from_model(cls, model: UniversalDegradationModel | CDDModel, *, quantizer: str = "ste",
+                   checkpoint: str = "auto", precision: str = "fp32") -> "Redegrader":
         """Wrap (and freeze) an existing model."""
-        return cls(model, quantizer=quantizer)
+        return cls(model, quantizer=quantizer, checkpoint=checkpoint, precision=precision)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu",
-                        quantizer: str = "ste", cdd_options=None) -> "Redegrader":
+                        quantizer: str = "ste", cdd_options=None, checkpoint: str = "auto",
+                        precision: str = "fp32") -> "Redegrader":
         """Load a folder (config.json + model.safetensors), a training checkpoint file, a CDD trainer
         checkpoint (e.g. CDD's ``model_latest.pt``), a registry name (``cdd.ffhq``, ``cdd.wm``, …), a shipped
         model's name (``wqi``, ``ffhqx``: :data:`redegrade.settings.BUNDLED_REDEGRADERS`) or — with ``None``
@@ -108,7 +135,7 @@ class Redegrader(ForwardModel):
 
             record_first_use(record, path)  # it loaded: remember its sha256 to catch a changed file later
         log.info("loaded redegrader from %s", path)
-        return cls(model, quantizer=quantizer)
+        return cls(model, quantizer=quantizer, checkpoint=checkpoint, precision=precision)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (atomically) into ``directory``."""
@@ -176,8 +203,19 @@ class Redegrader(ForwardModel):
             e_l = F.interpolate(code.e_l, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
             code = DegradationCode(code.e_g, e_l)
             noise = [F.interpolate(n, size=s, mode="nearest") for n, s in zip(noise, self.model.noise_shapes(h, w))]
-        code_hat, _ = self.model.quantize(code, self.quantizer)
-        return self.model.synthesize(x, code_hat, noise)
+        code_hat, _ = self.model.quantize(code, self.quantizer, rate=False)  # the rate is never read here
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            y_hat = self.model.synthesize(x, code_hat, noise, checkpoint=self._checkpointing(x))
+        return y_hat.float()
+
+    def _checkpointing(self, x: torch.Tensor) -> bool:
+        """Whether this forward checkpoints: a gradient is needed and ``checkpoint`` (and size) say so."""
+        if self.checkpoint == "off" or not torch.is_grad_enabled():
+            return False
+        if not (x.requires_grad or any(v.requires_grad for v in self.variables())):
+            return False
+        return self.checkpoint == "on" or x.shape[-2] * x.shape[-1] >= AUTO_CHECKPOINT_PIXELS
 
     def named_variables(self) -> dict[str, torch.Tensor]:
         """{"e_g", "e_l" (a logit: the model sees its sigmoid), "n.0", …}; empty before :meth:`reset`."""

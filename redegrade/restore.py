@@ -228,6 +228,12 @@ class _Bars:
               help="Redegrader folder, checkpoint (ours, or a CDD trainer checkpoint such as model_latest.pt) or "
                    "name: ffhqx (default; trained on FFHQ-X's degradations), wqi (photo degradations) or a "
                    "registry name such as cdd.ffhq. Blind mode only.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Redegrader synthesis precision (autocast; bf16/fp16 save memory and time on CUDA, "
+                   "ŷ changes by ~1%). Blind mode only.")
+@click.option("--checkpoint", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Recompute the Redegrader's blocks in the backward instead of storing them (auto: at ≥ 512², "
+                   "where the paper-size model would otherwise need tens of GB). Blind mode only.")
 @click.option("--generator", metavar="NAME|PATH", default=None,
               help="[rsg] StyleGAN2 generator: registry name, NVIDIA .pkl or .safetensors export "
                    "(default: stylegan2.ffhq1024, downloaded once).")
@@ -256,7 +262,8 @@ class _Bars:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @user_errors
 def main(input_path: Path | None, output: Path | None, backend_name: str, list_backends: bool, mode: str,
-         redegrader: str | None, generator: str | None, diffusion_model: str | None, zeta: float | None,
+         redegrader: str | None, precision: str, checkpoint: str, generator: str | None,
+         diffusion_model: str | None, zeta: float | None,
          early_exit: bool | None, loss: str | None, steps: int | None, seed: int, device: str, save_all: bool,
          align: bool, assignments: tuple[str, ...], no_progress: bool, verbose: bool) -> None:
     """Restore a degraded face image INPUT by inverting a generative prior through a forward model.
@@ -316,7 +323,7 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
     if mode == "blind":
         from redegrade.redegrader import Redegrader
 
-        fm = Redegrader.from_pretrained(redegrader or DEFAULT_REDEGRADER)
+        fm = Redegrader.from_pretrained(redegrader or DEFAULT_REDEGRADER, checkpoint=checkpoint, precision=precision)
     else:
         fm = Identity()
     y = array_to_tensor(pixels)

@@ -129,6 +129,17 @@ def test_early_exit_tracker_stops_on_plateau_only():
     assert [late.update(1.0) for _ in range(8)].index(True) == 7
 
 
+def test_early_exit_waits_for_x0_to_settle():
+    """A flat residual is not enough while x̂₀ still moves by more than x0_tol over the window."""
+    base = torch.ones(1, 3, 4, 4)
+    rule = EarlyExit(window=2, tol=0.01, x0_tol=0.05)
+    moving = [rule.update(1.0, base * (1 + 0.1 * k)) for k in range(6)]   # x̂₀ grows ≈ 15 % per window
+    assert not any(moving) and rule.x0_change > 0.05
+    settled = [rule.update(1.0, base * 1.5) for _ in range(3)]
+    assert settled == [False, True, True]  # two steps after x̂₀ stops, the window sees no change
+    assert rule.x0_change == 0.0
+
+
 # ---- the backend ---------------------------------------------------------------------------------
 
 def test_dps_is_registered_through_entry_points():
@@ -178,8 +189,8 @@ def test_seed_reproduces_sample(unet, y):
 
 def test_early_exit_stops_on_plateau_and_reports_it(unet, y):
     # ζ = 0: the residual of an unguided random prior has no trend, so it plateaus at once
-    r = run(unet, y, zeta=0.0, steps=40, early_exit=True, early_exit_window=4, early_exit_tol=0.05,
-            early_exit_after=0.0)
+    r = run(unet, y, zeta=0.0, steps=40, early_exit=True, early_exit_window=0.1, early_exit_tol=0.05,
+            early_exit_after=0.0, early_exit_x0_tol=None)
     step = r.info["early_exit_step"]
     assert step is not None and step < 40
     assert r.info["nfe"] == step == len(r.history) and r.info["steps"] == 40
@@ -260,3 +271,10 @@ def test_restore_cli_documents_dps():
     assert out.returncode == 0, out.stderr
     for opt in ("--diffusion-model", "--steps", "--zeta", "--early-exit"):
         assert opt in out.stdout
+
+
+def test_respaced_schedule_scales_zeta_to_keep_the_total_guidance(unet, y):
+    scaled = run(unet, y, steps=10, zeta=0.3, early_exit=False)
+    plain = run(unet, y, steps=10, zeta=0.3, scale_zeta=False)
+    assert scaled.info["zeta"] == pytest.approx(0.3 * 1000 / 10) and plain.info["zeta"] == 0.3
+    assert scaled.info["residual"] < plain.info["residual"]

@@ -271,12 +271,14 @@ def test_lpips_distance_handles_tiny_targets():
 def test_step_cost_prints_ratios_to_naive(tmp_path):
     script = ROOT / "benchmarks" / "step_cost.py"
     out = tmp_path / "cost.json"
-    proc = subprocess.run([sys.executable, str(script), "--resolution", "32", "--steps", "2", "--loss", "l1",
+    proc = subprocess.run([sys.executable, str(script), "--resolutions", "32", "--steps", "2", "--loss", "l1",
                            "-o", "phases=W", "--json", str(out)], env=_env(tmp_path), capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text())["32"]
     assert set(res) == {"naive", "blind", "nonblind"}
+    assert set(res["blind"]["breakdown"]) == {"encoder", "forward", "backward"}
+    assert "redegrader share: encoders" in proc.stdout
     assert all(r["all_steps"] > 0 and r["peak_bytes"] >= 0 for r in res.values())
     naive_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| naive | all"))
     assert "| 1.00 |" in naive_line

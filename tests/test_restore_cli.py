@@ -51,7 +51,7 @@ def test_help_documents_every_option():
     res = _run(["--help"])
     assert res.exit_code == 0
     for opt in ("--backend", "--generator", "--redegrader", "--mode", "blind|naive", "--align", "--loss",
-                "lpips|l1|l2", "--steps", "--device", "--seed", "--output", "--save-all", "--set", "--list-backends",
+                "lpips|l1|l2", "--steps", "--device", "--seed", "--output", "--save-all", "--set", "--list-backends", "--precision", "--checkpoint",
                 "_redegraded.png", "_grid.png", "_state.pt", "exit code 2"):
         assert opt in res.output, opt
 
@@ -76,6 +76,20 @@ def test_blind_save_all_writes_every_output(assets, tmp_path):
     state = torch.load(out.parent / "face_state.pt", weights_only=True)
     assert {"latent", "e_g", "e_l", "n.0"} <= set(state)
     assert "resizing" in res.output  # the notice about the 48×40 input
+
+
+def test_blind_memory_options_reach_the_redegrader(assets, tmp_path, monkeypatch):
+    from redegrade.redegrader import Redegrader
+
+    seen = []
+    real = Redegrader.forward
+    monkeypatch.setattr(Redegrader, "forward", lambda self, x: seen.append((self.checkpoint, self.precision,
+                                                                            self._checkpointing(x))) or real(self, x))
+    res = _run([assets["input"], "--generator", assets["generator"], "--redegrader", assets["redegrader"],
+                "--checkpoint", "on", "--precision", "bf16", "-o", tmp_path / "o.png", *STEPS])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o.png").is_file()
+    assert seen and all(s[:2] == ("on", "bf16") for s in seen) and any(s[2] for s in seen)
 
 
 def test_naive_default_output_name_and_seed_reproducibility(assets, tmp_path):

@@ -115,6 +115,8 @@ class DPS(Backend):
         sched_train = model.schedule
         schedule = Schedule.spaced(sched_train.betas, respace(sched_train.num_train_timesteps, cfg.steps, cfg.spacing))
         n_steps, res = len(schedule), model.sample_size
+        # ζ is per training step: a respaced step stands for num_train_timesteps / n_steps of them
+        zeta = cfg.zeta * sched_train.num_train_timesteps / n_steps if cfg.scale_zeta else cfg.zeta
 
         # 1. observation and forward model (already reset on y by the caller, as for every backend)
         y = y.to(device=device, dtype=torch.float32)
@@ -142,8 +144,10 @@ class DPS(Backend):
         gen = settings.generator(cfg.seed)
         x = torch.randn(1, 3, res, res, generator=gen).to(device)
         x_T = x.detach().cpu()
-        exit_rule = EarlyExit(cfg.early_exit_window, cfg.early_exit_tol,
-                              min_steps=int(cfg.early_exit_after * n_steps)) if cfg.early_exit else None
+        # the window is a fraction of the schedule, so a respaced run judges the same stretch of t
+        window = max(1, round(cfg.early_exit_window * n_steps))
+        exit_rule = EarlyExit(window, cfg.early_exit_tol, min_steps=int(cfg.early_exit_after * n_steps),
+                              x0_tol=cfg.early_exit_x0_tol) if cfg.early_exit else None
         keep = {max(1, round(n_steps * (k + 1) / (cfg.snapshots + 1))) for k in range(cfg.snapshots)}
         history: list[StepInfo] = []
         phases: dict[str, torch.Tensor] = {}
@@ -152,7 +156,7 @@ class DPS(Backend):
         # 3. the loop, t = T−1 … 0 (k counts steps from 1)
         for k, i in enumerate(reversed(range(n_steps)), start=1):
             t = schedule.timesteps[i]
-            need_x_grad = cfg.zeta > 0
+            need_x_grad = zeta > 0
             step_vars = fit_vars and k > start
             x_t = x.detach().requires_grad_(need_x_grad)
             with torch.set_grad_enabled(need_x_grad or step_vars):
@@ -183,17 +187,18 @@ class DPS(Backend):
                 x0 = x0.detach()
                 lv = log_variance(schedule, i, sched_train.variance_type, None if v is None else v.detach())
                 noise = torch.randn(x.shape, generator=gen).to(device) if i > 0 else torch.zeros_like(x)
-                x = guidance_step(ancestral_step(schedule, i, x0, x_t.detach(), lv, noise), grad_x, cfg.zeta)
+                x = guidance_step(ancestral_step(schedule, i, x0, x_t.detach(), lv, noise), grad_x, zeta)
             info = StepInfo(PHASE, k, n_steps, float(residual.detach()), lr)
             history.append(info)
             if progress is not None:
                 progress(info)
             if k in keep:
                 phases[f"x0_t{t}"] = x0.cpu()
-            if exit_rule is not None and i > 0 and exit_rule.update(info.loss):
+            if exit_rule is not None and i > 0 and exit_rule.update(info.loss, x0):
                 exit_step = k
-                log.info("early exit after %d of %d steps: ‖y − A(x̂₀)‖ improved by < %.3g%% over the last %d steps",
-                         k, n_steps, 100 * cfg.early_exit_tol, cfg.early_exit_window)
+                log.info("early exit after %d of %d steps: over the last %d steps ‖y − A(x̂₀)‖ improved by < %.3g%% "
+                         "and x̂₀ moved by %.3g%%", k, n_steps, window, 100 * cfg.early_exit_tol,
+                         100 * (exit_rule.x0_change or 0.0))
                 break
 
         # 4. result: the final sample, or x̂₀ where the sampler stopped early
@@ -205,5 +210,5 @@ class DPS(Backend):
         residual_out = float(torch.linalg.norm(y - redegraded))
         return Restoration(image.cpu(), redegraded.detach().cpu(), state, history, phases,
                            {"nfe": nfe, "early_exit_step": exit_step, "steps": n_steps,
-                            "timesteps": list(schedule.timesteps), "residual": residual_out,
+                            "timesteps": list(schedule.timesteps), "residual": residual_out, "zeta": zeta,
                             "final_loss": residual_out})

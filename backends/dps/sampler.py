@@ -10,6 +10,7 @@ the *respaced* β and posterior variance.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -113,26 +114,43 @@ def guidance_step(x_prev: torch.Tensor, grad: torch.Tensor | None, zeta: float) 
 
 
 class EarlyExit:
-    """Stop when an objective has stopped improving over a window (cf. UP-ZeroIR's quality-driven exit).
+    """Stop when the sample has settled: the measurement residual has plateaued and, when given, x̂₀ has
+    stopped moving (a plateau criterion in the spirit of UP-ZeroIR's self-assessed quality).
 
-    After each value, :meth:`update` returns True when the best value of the last ``window`` steps
-    improves on the best before them by less than ``tol`` (relative). No decision is taken in the first
-    ``min_steps`` steps or before ``2·window`` values exist.
+    After each step, :meth:`update` returns True when
+
+    - the best residual of the last ``window`` steps improves on the best before them by less than
+      ``tol`` (relative), and
+    - with ``x0_tol``: x̂₀ moved by less than ``x0_tol`` over those steps, ‖x̂₀ − x̂₀₋window‖ / ‖x̂₀‖.
+
+    The residual alone stops too early where guidance is still pulling detail in at a flat residual;
+    x̂₀'s change alone cannot tell a settled sample from one that settled far from y. No decision is
+    taken in the first ``min_steps`` steps or before ``2·window`` values exist.
     """
 
-    def __init__(self, window: int, tol: float, *, min_steps: int = 0):
+    def __init__(self, window: int, tol: float, *, min_steps: int = 0, x0_tol: float | None = None):
         if window < 1:
-            raise ConfigError(f"early_exit_window must be ≥ 1, got {window}")
-        if tol < 0:
-            raise ConfigError(f"early_exit_tol must be ≥ 0, got {tol}")
-        self.window, self.tol, self.min_steps = window, tol, min_steps
+            raise ConfigError(f"early_exit_window must be ≥ 1 step, got {window}")
+        if tol < 0 or (x0_tol is not None and x0_tol < 0):
+            raise ConfigError(f"early exit tolerances must be ≥ 0, got {tol} and {x0_tol}")
+        self.window, self.tol, self.min_steps, self.x0_tol = window, tol, min_steps, x0_tol
         self.values: list[float] = []
+        self._x0: deque[torch.Tensor] = deque(maxlen=window + 1)
+        self.x0_change: float | None = None
+        """Relative change of x̂₀ over the last window (after :meth:`update` had ``window + 1`` of them)."""
 
-    def update(self, value: float) -> bool:
+    def update(self, value: float, x0: torch.Tensor | None = None) -> bool:
         self.values.append(value)
+        if x0 is not None:
+            self._x0.append(x0.detach())
+            if len(self._x0) > self.window:
+                old, new = self._x0[0], self._x0[-1]
+                self.x0_change = float(torch.linalg.norm(new - old) / torch.linalg.norm(new).clamp_min(1e-12))
         n = len(self.values)
         if n < max(self.min_steps, 2 * self.window):
             return False
         before = min(self.values[: n - self.window])
         recent = min(self.values[n - self.window:])
-        return (before - recent) < self.tol * max(abs(before), 1e-12)
+        if (before - recent) >= self.tol * max(abs(before), 1e-12):
+            return False
+        return self.x0_tol is None or (self.x0_change is not None and self.x0_change < self.x0_tol)

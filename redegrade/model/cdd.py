@@ -52,6 +52,7 @@ from redegrade.model.encoders import ConvBNAct
 from redegrade.model.entropy import MODES, CodeEntropyModel, quantize
 from redegrade.model.layers import IDA, PreActConv, PreActConvT, ResidualMLP
 from redegrade.model.network import CodedModel, DegradationCode, MapFusion
+from redegrade.model.synthesis import run_block
 
 ARCHITECTURE = "cdd"
 LOCAL_ENCODERS = ("LPEL", "LPELOri")
@@ -352,20 +353,21 @@ class CDDSynthesis(nn.Module):
         self.conv_last = PreActConv(w[0], 3, 1, act=_act("lrelu"))
         self.levels = L
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], *,
+                checkpoint: bool = False) -> torch.Tensor:
         it = iter(noise)
         h = self.conv_first(x * 2 - 1)  # CDD's VUNet: "inp = clean * 2 - 1" on an input already in [-1, 1]
         skips = []
         for lv in range(self.levels):
             for b in self.down_blocks[lv]:
-                h = b(h, e, next(it), next(it))
+                h = run_block(b, h, e, next(it), next(it), checkpoint=checkpoint)
             if lv < self.levels - 1:
                 skips.append(h)
                 h = self.downsample[lv](h)
         for lv in reversed(range(self.levels - 1)):
             h = self.skip[lv](torch.cat([self.upsample[lv](h), skips[lv]], dim=1))
             for b in self.up_blocks[lv]:
-                h = b(h, e, next(it), next(it))
+                h = run_block(b, h, e, next(it), next(it), checkpoint=checkpoint)
         return self.conv_last(h)
 
 
@@ -427,7 +429,7 @@ class CDDImageCompressor(nn.Module):
         self.bit_estimator = BitEstimator(n)
         self.head = self.tail = None
 
-    def forward(self, z: torch.Tensor, mode: str, *, generator: torch.Generator | None = None
+    def forward(self, z: torch.Tensor, mode: str, *, generator: torch.Generator | None = None, rate: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if mode not in MODES:
             raise ConfigError(f"unknown quantisation mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -436,6 +438,8 @@ class CDDImageCompressor(nn.Module):
                              f"multiples of 32), got e_l {tuple(z.shape[-2:])}")
         v = self.encoder(z)
         vq = quantize(v, mode, torch.zeros((), dtype=v.dtype, device=v.device), generator)
+        if not rate:
+            return self.decoder(vq).clamp(0.0, 1.0), vq.new_zeros(vq.shape[0])
         prob = self.bit_estimator(vq + 0.5) - self.bit_estimator(vq - 0.5)
         bits = torch.clamp(-torch.log(prob + 1e-10) / math.log(2.0), 0, 50).flatten(1).sum(dim=1)
         return self.decoder(vq).clamp(0.0, 1.0), bits
@@ -530,17 +534,19 @@ class CDDModel(CodedModel):
                 for h, w in self.noise_shapes(*x.shape[-2:])]
 
     # -- synthesis --------------------------------------------------------------------------------
-    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
-        """ŷ = CDD ``netG(x, e_g, e_l)``: x [B,3,H,W] in [-1,1], the code as given, CDD's noise maps."""
+    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
+                   checkpoint: bool = False) -> torch.Tensor:
+        """ŷ = CDD ``netG(x, e_g, e_l)``: x [B,3,H,W] in [-1,1], the code as given, CDD's noise maps.
+        ``checkpoint`` recomputes each block in the backward (same values, less memory)."""
         self._check_synthesis_inputs(x, code, noise, multiple=self.multiple)
-        return self.synthesis(x, self.fusion(code), noise)
+        return self.synthesis(x, self.fusion(code), noise, checkpoint=checkpoint)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         return self.synthesize(x, code, noise)
 
     # -- entropy ----------------------------------------------------------------------------------
-    def quantize(self, code: DegradationCode, mode: str, *, generator: torch.Generator | None = None
-                 ) -> tuple[DegradationCode, dict[str, torch.Tensor]]:
+    def quantize(self, code: DegradationCode, mode: str, *, generator: torch.Generator | None = None,
+                 rate: bool = True) -> tuple[DegradationCode, dict[str, torch.Tensor]]:
         """The code the synthesis saw in training: each code through its entropy model (``mode`` as in
         :meth:`UniversalDegradationModel.quantize`) if CDD's config had it enabled, unchanged (0 bits) if not."""
         self._check_code(code)
@@ -550,7 +556,7 @@ class CDDModel(CodedModel):
         for key, z, model, spec in (("g", code.e_g, self.entropy_g, self.config.compressor_g),
                                     ("l", code.e_l, self.entropy_l, self.config.compressor_l)):
             if spec.enabled:
-                z, bits = model(z, mode, generator=generator)
+                z, bits = model(z, mode, generator=generator, rate=rate)
             else:
                 bits = z.new_zeros(z.shape[0])
             out.append(z)

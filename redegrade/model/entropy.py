@@ -64,9 +64,10 @@ class CodeEntropyModel(nn.Module):
         self.tail = ResidualMLP(channels, mlp_layers) if mlp_layers else None
         self.bottleneck = EntropyBottleneck(channels)
 
-    def forward(self, z: torch.Tensor, mode: str, *, generator: torch.Generator | None = None
+    def forward(self, z: torch.Tensor, mode: str, *, generator: torch.Generator | None = None, rate: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (ẑ same shape as z, bits [B])."""
+        """Return (ẑ same shape as z, bits [B]); ``rate=False`` skips the density (bits are zeros), which
+        inversion never reads: at 1024² e_l has a million values to evaluate it on, every step."""
         if mode not in MODES:
             raise ConfigError(f"unknown quantisation mode {mode!r}; choose one of {', '.join(MODES)}")
         if self.head is not None:
@@ -76,7 +77,7 @@ class CodeEntropyModel(nn.Module):
         # the quantiles are trained by the aux loss only, so the medians are constants here
         medians = self.bottleneck.quantiles[:, 0, 1].detach().reshape(1, c, *([1] * (v.ndim - 2)))
         vq = quantize(v, mode, medians, generator)
-        bits = self.bits(vq)
+        bits = self.bits(vq) if rate else vq.new_zeros(vq.shape[0])
         zq = vq * self.step
         if self.tail is not None:
             zq = self.tail(zq)

@@ -154,26 +154,31 @@ class UniversalDegradationModel(CodedModel):
                 for h, w in self.noise_shapes(*x.shape[-2:])]
 
     # -- synthesis --------------------------------------------------------------------------------
-    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
-        """ŷ = f̂(x, e_g, e_l, n): x [B,3,H,W], code at H/2, ``num_noise`` maps → [B,3,H,W]."""
+    def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
+                   checkpoint: bool = False) -> torch.Tensor:
+        """ŷ = f̂(x, e_g, e_l, n): x [B,3,H,W], code at H/2, ``num_noise`` maps → [B,3,H,W].
+
+        ``checkpoint`` trades a second forward of each SFT block in the backward for not storing its
+        activations (same values and gradients; see :func:`~redegrade.model.synthesis.run_block`).
+        """
         self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)
-        return self.synthesis(x, self.fusion(code), noise, code.e_g)
+        return self.synthesis(x, self.fusion(code), noise, code.e_g, checkpoint=checkpoint)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """Same as :meth:`synthesize`."""
         return self.synthesize(x, code, noise)
 
     # -- entropy ----------------------------------------------------------------------------------
-    def quantize(self, code: DegradationCode, mode: str, *, generator: torch.Generator | None = None
-                 ) -> tuple[DegradationCode, dict[str, torch.Tensor]]:
+    def quantize(self, code: DegradationCode, mode: str, *, generator: torch.Generator | None = None,
+                 rate: bool = True) -> tuple[DegradationCode, dict[str, torch.Tensor]]:
         """Quantise both codes by ``mode`` ("noise" | "ste" | "round" | "none"; never from ``self.training``).
 
         Returns the code to synthesise from and ``rate = {"g": bits [B], "l": bits [B]}``. ``"noise"``
         needs ``generator``. e_g goes through the entropy head/tail MLPs, so ``code_hat.e_g`` differs
-        from ``code.e_g`` even with ``"none"``.
+        from ``code.e_g`` even with ``"none"``. ``rate=False`` skips the bits (zeros; inversion).
         """
         self._check_code(code)
-        e_g, bits_g = self.entropy_g(code.e_g, mode, generator=generator)
-        e_l, bits_l = self.entropy_l(code.e_l, mode, generator=generator)
+        e_g, bits_g = self.entropy_g(code.e_g, mode, generator=generator, rate=rate)
+        e_l, bits_l = self.entropy_l(code.e_l, mode, generator=generator, rate=rate)
         return DegradationCode(e_g, e_l), {"g": bits_g, "l": bits_l}
 

@@ -21,9 +21,23 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from redegrade.model.config import ModelConfig
 from redegrade.model.layers import JpegHead, NoiseHead, PreActConv, PreActConvT, SFTResBlock, grid_phase, lrelu
+
+
+def run_block(block: nn.Module, *args: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """``block(*args)``, or the same through activation checkpointing when ``checkpoint``.
+
+    Checkpointed, the block keeps only its inputs for the backward and recomputes its activations
+    there: one SFT block at 1024² holds ≈ 20 full-size 64-channel maps, so the paper-size U-Net needs
+    tens of GB for its backward without it. Non-reentrant (the gradient reaches every input,
+    autocast is replayed); the RNG state is not saved since no layer draws random numbers.
+    """
+    if not checkpoint:
+        return block(*args)
+    return _checkpoint(block, *args, use_reentrant=False, preserve_rng_state=False)
 
 
 class SynthesisUNet(nn.Module):
@@ -59,28 +73,35 @@ class SynthesisUNet(nn.Module):
         self.num_noise = len(config.noise_levels())
 
     @staticmethod
-    def _run(blocks: nn.ModuleList, h: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], i: int):
+    def _run(blocks: nn.ModuleList, h: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], i: int,
+             checkpoint: bool):
         for b in blocks:
-            h = b(h, e, noise[i], noise[i + 1])
+            h = run_block(b, h, e, noise[i], noise[i + 1], checkpoint=checkpoint)
             i += 2
         return h, i
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], e_g: torch.Tensor
-                ) -> torch.Tensor:
-        i = 0
+    def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], e_g: torch.Tensor, *,
+                checkpoint: bool = False) -> torch.Tensor:
+        """``checkpoint`` recomputes each SFT block in the backward instead of storing its activations."""
+        i, ck = 0, checkpoint
         inp = torch.cat([x, grid_phase(*x.shape[-2:], x).expand(x.shape[0], -1, -1, -1)], 1) if self.grid_phase else x
         h1 = self.conv_first(inp)
-        h1, i = self._run(self.blocks1, h1, e, noise, i)
+        h1, i = self._run(self.blocks1, h1, e, noise, i, ck)
         h2 = self.conv_down1(h1)
-        h2, i = self._run(self.blocks2, h2, e, noise, i)
+        h2, i = self._run(self.blocks2, h2, e, noise, i, ck)
         h3 = self.conv_down2(h2)
-        h3, i = self._run(self.blocks3, h3, e, noise, i)
+        h3, i = self._run(self.blocks3, h3, e, noise, i, ck)
         u2 = self.conv_skip2(torch.cat([self.conv_up2(h3), h2], dim=1))
-        u2, i = self._run(self.blocks2_, u2, e, noise, i)
+        u2, i = self._run(self.blocks2_, u2, e, noise, i, ck)
         u1 = self.conv_skip1(torch.cat([self.conv_up1(u2), h1], dim=1))
-        u1, i = self._run(self.blocks1_, u1, e, noise, i)
+        u1, i = self._run(self.blocks1_, u1, e, noise, i, ck)
         out = self.conv_last(u1)
         if self.noise_head is not None:
             out = out + self.noise_head(u1, e, torch.cat(noise[i:i + 3], dim=1), e_g)
         out = x + out if self.global_residual else out
-        return self.jpeg_head(out, e, e_g) if self.jpeg_head is not None else out
+        if self.jpeg_head is None:
+            return out
+        # JPEG's rounding stays in float32 under autocast: bf16 holds 8 significant bits, too few for
+        # DCT coefficients of up to ±1024 on 0…255 pixels
+        with torch.autocast(x.device.type, enabled=False):
+            return self.jpeg_head(out.float(), e.float(), e_g.float())
