@@ -16,7 +16,6 @@ import logging
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -36,23 +35,18 @@ PFID_CROPS = 1000
 T = TypeVar("T")
 
 
-def _hub_file(url: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-
-
 def _refuse_offline(what: str, url: str) -> None:
     """Offline (``REDEGRADE_OFFLINE``) and not cached: fail at once instead of waiting on the network."""
-    if settings.offline() and not _hub_file(url).is_file():
-        raise CheckpointError(f"{what} needs {url}, which is not in {_hub_file(url).parent} and the network is "
+    cached = settings.torch_hub_file(url)
+    if settings.offline() and not cached.is_file():
+        raise CheckpointError(f"{what} needs {url}, which is not in {cached.parent} and the network is "
                               "off (REDEGRADE_OFFLINE); download it there")
 
 
 def lpips_network(*, pretrained_backbone: bool = True) -> nn.Module:
-    """LPIPS-VGG from :func:`redegrade.objective.lpips_vgg` (raises ``CheckpointError`` offline)."""
-    from redegrade.objective import VGG_URL, lpips_vgg
+    """LPIPS-VGG: :func:`redegrade.objective.lpips_vgg` (raises ``CheckpointError`` offline)."""
+    from redegrade.objective import lpips_vgg
 
-    if pretrained_backbone:
-        _refuse_offline("LPIPS-VGG", VGG_URL)
     return lpips_vgg(pretrained_backbone=pretrained_backbone)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import urllib.error
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -74,10 +73,10 @@ def lpips_vgg(*, pretrained_backbone: bool = True) -> nn.Module:
     def missing(why: str) -> CheckpointError:
         return CheckpointError(
             f"LPIPS-VGG needs torchvision's ImageNet VGG16 weights, which could not be loaded ({why}): "
-            f"download {VGG_URL} into {Path(torch.hub.get_dir()) / 'checkpoints'}/, "
+            f"download {VGG_URL} into {settings.torch_hub_file(VGG_URL).parent}/, "
             "or use the weight-free objective --loss l1")
 
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG_URL.rsplit("/", 1)[-1]
+    cached = settings.torch_hub_file(VGG_URL)
     if pretrained_backbone and settings.offline() and not cached.is_file():
         raise missing("offline: REDEGRADE_OFFLINE is set")
     try:

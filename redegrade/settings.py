@@ -34,6 +34,13 @@ def bundled_redegrader(name: str) -> Path | None:
     return None if folder is None else data_dir() / folder
 
 
+def torch_hub_file(url: str) -> Path:
+    """Where ``torch.hub`` caches the weights file at ``url`` (torchvision's backbones, pytorch-fid)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
 def offline() -> bool:
     """True when ``REDEGRADE_OFFLINE`` (or ``HF_HUB_OFFLINE``) asks never to use the network."""
     return any(os.environ.get(k, "").lower() in {"1", "true", "yes"} for k in ("REDEGRADE_OFFLINE", "HF_HUB_OFFLINE"))
