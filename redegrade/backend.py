@@ -62,7 +62,7 @@ class Backend(abc.ABC):
     """Base class of inversion backends.
 
     Subclasses set ``Config`` (a dataclass with at least ``seed`` and ``device`` fields) and implement
-    :meth:`restore`. The prior (generator, diffusion model) may be passed in directly, which is what
+    :attr:`resolution` and :meth:`restore`. The prior (generator, diffusion model) may be passed in directly, which is what
     tests do; otherwise the backend loads it from its config on first use.
     """
 
@@ -75,9 +75,9 @@ class Backend(abc.ABC):
         self._objective = objective
 
     @property
+    @abc.abstractmethod
     def resolution(self) -> int:
         """Side of the square images the prior produces (observations are brought to it)."""
-        raise NotImplementedError
 
     def check(self, device: torch.device) -> None:
         """Raise a :class:`~redegrade.errors.RedegradeError` when the backend cannot run here."""

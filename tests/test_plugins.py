@@ -61,6 +61,17 @@ def test_plugin_is_discovered_listed_and_runs(plugin_dir):
     assert out.image.shape == y.shape and len(out.history) == 3
 
 
+def test_a_backend_must_say_its_resolution():
+    class NoSize(backend.Backend):
+        Config = dict
+
+        def restore(self, y, forward_model, *, progress=None):
+            raise AssertionError("never reached")
+
+    with pytest.raises(TypeError, match="resolution"):
+        NoSize()
+
+
 def test_unknown_backend_lists_installed_ones(plugin_dir):
     with pytest.raises(UnknownBackendError) as err:
         backend.load("nope")
