@@ -7,7 +7,7 @@ import click
 
 from redegrade.cli import OneLineGroup, setup_logging, user_errors
 from redegrade.errors import CheckpointError
-from redegrade.files import check_output
+from redegrade.files import check_output, refuse_inputs
 from redegrade.weights import REGISTRY, cache_path, get, resolve, verify
 
 
@@ -94,10 +94,14 @@ def convert(args: tuple[str, ...], fmt: str, cdd_config: Path | None, compress_g
         raise CheckpointError(f"cannot convert {src}: it is a folder, not a checkpoint file")
     if not src.is_file():
         raise CheckpointError(f"cannot convert {src}: no such file")
+    refuse_inputs(dst, [src])  # before reading IN to tell its format
     if fmt == "auto":
         fmt = _sniff(src)
     # before any work: OUT is not IN (also through links), and can be written
     check_output(dst, inputs=[src], folder=fmt in ("adm", "cdd"))
+    if fmt is None:
+        raise CheckpointError(f"cannot tell the format of {src} from its content: it is neither a pickle nor a "
+                              "torch checkpoint; name it: convert stylegan2|adm|cdd IN OUT")
     if fmt in ("adm", "cdd") and dst.is_dir() and any(dst.iterdir()):
         raise CheckpointError(f"output folder {dst} exists and is not empty; choose a new folder")
     if fmt == "stylegan2":
@@ -118,23 +122,28 @@ def convert(args: tuple[str, ...], fmt: str, cdd_config: Path | None, compress_g
 
 
 
-def _sniff(src: Path) -> str:
-    """The format of ``src`` from its content, whatever its name: a bare pickle that names NVIDIA's
-    ``torch_utils.persistence`` is stylegan2; a torch checkpoint is cdd when it has CDD's layout, else adm."""
+def _sniff(src: Path) -> str | None:
+    """The format of ``src`` from its content, whatever its name; None when it is no checkpoint at all.
+
+    A torch checkpoint (zip archive, or a legacy pickle torch reads safely) is cdd when it has CDD's
+    layout, else adm; any other pickle is stylegan2. A file torch refuses goes to the reader of its
+    kind (zip: adm; pickle: stylegan2), which says in one line what it found (e.g. code it will not run).
+    """
     with open(src, "rb") as f:
         head = f.read(1 << 20)  # an NVIDIA pickle names its reconstructor with its first network
-    if head[:1] == b"\x80" and b"torch_utils.persistence" in head:
+    zipped, pickled = head[:4] == b"PK\x03\x04", head[:1] == b"\x80"
+    if not (zipped or pickled):
+        return None
+    if pickled and b"torch_utils.persistence" in head:
         return "stylegan2"
     import torch
 
     from redegrade.model.cdd_checkpoint import is_cdd_checkpoint
 
     try:  # memory-mapped where it is a zip archive: only the layout is looked at
-        obj = torch.load(src, map_location="cpu", weights_only=True, mmap=head[:4] == b"PK\x03\x04")
-    except Exception as exc:  # noqa: BLE001 - torch's message runs over many lines: keep its first
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise CheckpointError(f"cannot tell the format of {src}: it is neither an NVIDIA StyleGAN2 pickle nor a "
-                              f"torch checkpoint ({first})") from None
+        obj = torch.load(src, map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception:  # noqa: BLE001 - the chosen reader says in one line what is wrong with the file
+        return "adm" if zipped else "stylegan2"
     return "cdd" if is_cdd_checkpoint(obj) else "adm"
 
 
