@@ -170,3 +170,22 @@ def test_missing_checkpoints_are_clear(monkeypatch, tmp_path):
         Redegrader.from_pretrained(tmp_path / "half")
     with pytest.raises(MissingCheckpointError):
         Redegrader.from_pretrained(tmp_path / "nowhere.pt")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("wqi", (155.17150962352753, 1599.9617317914963, -34.514882334660115, 6.546717587101739, 480.1225919107601)),
+    ("ffhqx", (-195.39668482542038, 876.0871698260307, 0.02977297630102127, -1.179936537053436, 563.7480907195786)),
+])
+def test_shipped_models_outputs_are_pinned(name, expected):
+    """Refactors of the model code must leave what the shipped models compute unchanged."""
+    g = _gen(7)
+    y = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    x = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    red = Redegrader.from_pretrained(name)
+    red.reset(y, generator=_gen(0))
+    with torch.no_grad():
+        out = red(x).double()
+        code = red.code()
+    weights = torch.arange(out.numel()).view_as(out).double().sin()
+    got = (out.sum(), out.abs().sum(), (out * weights).sum(), code.e_g.double().sum(), code.e_l.double().sum())
+    assert [float(v) for v in got] == pytest.approx(expected, rel=1e-4, abs=1e-3)
