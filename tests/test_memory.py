@@ -32,7 +32,7 @@ def _img(seed: int) -> torch.Tensor:
 
 def _tiny_ours() -> UniversalDegradationModel:
     # the heads of the shipped models too: noise head (3 extra maps) and JPEG head (kept in float32)
-    cfg = dataclasses.replace(ModelConfig.preset("tiny"), noise_head=True, noise_sigma="softplus", jpeg_head=True,
+    cfg = dataclasses.replace(ModelConfig.preset("tiny"), noise_head=True, jpeg_head=True,
                               grid_phase=True)
     torch.manual_seed(0)  # parameter init only
     return UniversalDegradationModel(cfg)

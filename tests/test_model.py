@@ -227,9 +227,8 @@ def _with(**kw) -> UniversalDegradationModel:
     return UniversalDegradationModel(ModelConfig.from_dict(cfg.to_dict())).eval()
 
 
-@pytest.mark.parametrize("noise_sigma", ["linear", "softplus"])
-def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_level(noise_sigma):
-    m = _with(noise_head=True, noise_sigma=noise_sigma)
+def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_level():
+    m = _with(noise_head=True)
     base = _with()
     assert m.num_noise == base.num_noise + 3
     assert m.noise_shapes(32, 16)[-3:] == [(32, 16)] * 3
@@ -243,7 +242,7 @@ def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_leve
     assert 0.01 < float(diff.std()) / 2 ** 0.5 < 0.04
     m.synthesize(x, code, noise).square().mean().backward()
     head = m.synthesis.noise_head
-    mlp = head.level if noise_sigma == "softplus" else head.sigma
+    mlp = head.level
     # the level's last layer (zero at init, so the hidden layer waits for it) and the colour kernel learn
     for p in (mlp[2].weight, mlp[2].bias, head.mix.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
@@ -256,7 +255,7 @@ def test_noise_head_output_std_is_the_std_of_the_noise_it_adds():
     from redegrade.model.layers import NoiseHead
 
     torch.manual_seed(0)
-    head = NoiseHead(4, 2, positive=True, dim_g=5)
+    head = NoiseHead(4, 2, dim_g=5)
     with torch.no_grad():
         head.mix.weight.mul_(torch.tensor([0.5, 0.8, 1.3]).view(3, 1, 1, 1))
         head.mix.weight[:, :, 0, 1] += 0.2
@@ -287,7 +286,7 @@ def _fit_quality(m, x, code, target, params, *, lr: float, steps: int) -> torch.
 def test_positive_noise_head_learns_a_noisy_targets_level_from_the_quality_loss():
     from redegrade.quality import noise_level
 
-    m = _with(noise_head=True, noise_sigma="softplus").train()
+    m = _with(noise_head=True).train()
     head = m.synthesis.noise_head
     x = torch.nn.functional.interpolate(_img(2, 4, 4), size=(32, 32), mode="bilinear")  # smooth
     target = (x + 2 * 0.08 * torch.randn(x.shape, generator=_gen(3))).clamp(-1, 1)
@@ -302,7 +301,7 @@ def test_noise_head_reads_the_global_code_and_learns_one_level_per_code():
     two noise levels (a weak and a strong one) on the same image."""
     from redegrade.quality import noise_level
 
-    m = _with(noise_head=True, noise_sigma="softplus", noise_code=True).train()
+    m = _with(noise_head=True, noise_code=True).train()
     with torch.no_grad():  # the untrained U-Net adds noise of its own; leave ŷ = x + head's noise
         for p in m.synthesis.conv_last.parameters():
             p.zero_()
@@ -318,14 +317,16 @@ def test_noise_head_reads_the_global_code_and_learns_one_level_per_code():
     assert torch.allclose(got, want, rtol=0.3), (got, want)
 
 
-def test_noise_code_needs_a_positive_noise_head():
+def test_noise_code_needs_a_noise_head():
     with pytest.raises(ConfigError, match="noise_code"):
-        ModelConfig(noise_head=True, noise_code=True)
+        ModelConfig(noise_code=True)
 
 
-def test_noise_sigma_must_be_known():
-    with pytest.raises(ConfigError, match="noise_sigma"):
-        ModelConfig(noise_sigma="exp")
+def test_configs_that_name_the_noise_level_still_load_and_linear_ones_say_why_not():
+    cfg = ModelConfig.preset("tiny").to_dict()
+    assert ModelConfig.from_dict({**cfg, "noise_sigma": "softplus"}) == ModelConfig.from_dict(cfg)
+    with pytest.raises(ConfigError, match="no longer supported"):
+        ModelConfig.from_dict({**cfg, "noise_sigma": "linear"})
 
 
 def test_grid_phase_lets_the_synthesis_tell_block_positions_apart():
@@ -349,16 +350,12 @@ def test_warm_start_copies_matching_weights_and_widens_inputs_with_zeros(tmp_pat
     dst = _with(grid_phase=True, noise_head=True)
     fresh = warm_start(dst, tmp_path / "src")
     assert fresh and all(k.startswith("synthesis.noise_head.") for k in fresh)
-    # a linear-σ head's MLP is not copied into a positive head (its ≈0 outputs would mean softplus(0) ≈ 0.7)
-    save_state(dst, tmp_path / "linear")
-    positive = _with(grid_phase=True, noise_head=True, noise_sigma="softplus")
-    assert {k.split(".")[2] for k in warm_start(positive, tmp_path / "linear")} == {"level"}
     # zero phase weights: the widened synthesis computes exactly what the source did, plus the new noise
     x = _img(1, 32, 32)
     code = src.encode(_img(1, 32, 32, seed=5))
     n = src.sample_noise(x, _gen(1))
     with torch.no_grad():
-        dst.synthesis.noise_head.sigma[2].bias.zero_()
+        dst.synthesis.noise_head.mix.weight.zero_()  # the new head adds nothing
         a = src.synthesize(x, code, n)
         b = dst.synthesize(x, code, n + dst.sample_noise(x, _gen(2))[-3:])
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
@@ -369,7 +366,7 @@ def test_warm_start_copies_matching_weights_and_widens_inputs_with_zeros(tmp_pat
 def test_warm_start_leaves_skipped_parts_at_their_fresh_init(tmp_path):
     from redegrade.model.io import save_state, warm_start
 
-    kw = dict(noise_head=True, noise_sigma="softplus")
+    kw = dict(noise_head=True)
     src = _with(**kw)
     with torch.no_grad():
         for p in src.parameters():

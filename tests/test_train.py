@@ -539,7 +539,7 @@ def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_ou
     faint = [float(L.noise_level_loss(torch.full((1, 3, 4, 4), s), torch.zeros(1))) for s in (0.0044, 0.001)]
     assert faint[0] > 0.2 and faint[1] < 0.05, faint
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "noise_head": True, "noise_sigma": "softplus",
+    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "noise_head": True,
                          "noise_code": True})
     model = UniversalDegradationModel(cfg)
     b = _sampler(crop=32, batch=4).sample(0)

@@ -50,12 +50,8 @@ class ModelConfig:
     """Add pixel noise σ(x, e)·k∗z from 3 extra full-size noise maps z (not in CDD). Noise injected only
     inside the SFT layers starts with no gradient (a loss that compares statistics is flat at zero
     noise amplitude), so a small model never learns to use it; an explicit, non-zero σ does."""
-    noise_sigma: str = "linear"
-    """How the noise head reads σ from its MLP's output s: ``linear`` (σ = s, sign ignored) or
-    ``softplus`` (σ = softplus(s) > 0). A linear σ settles at ≈0 with a sign that varies from pixel to
-    pixel, where the gradients of the pixels cancel and σ stays stuck; a positive σ has no such point."""
     noise_code: bool = False
-    """The noise head also reads e_g directly (needs ``noise_sigma="softplus"``; not in CDD; see
+    """The noise head also reads e_g directly (needs ``noise_head``; not in CDD; see
     :class:`~redegrade.model.layers.NoiseHead`)."""
     jpeg_head: bool = False
     """End the synthesis with JPEG's DCT quantisation, step sizes per 8×8 block read from e and e_g (not
@@ -93,6 +89,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Inverse of :meth:`to_dict`; unknown keys or bad values raise :class:`ConfigError`."""
+        d = dict(d)
+        # configs written before the noise head's level was always softplus name it; a linear one is gone
+        if d.pop("noise_sigma", "softplus") != "softplus":
+            raise ConfigError("model config: noise_sigma='linear' noise heads are no longer supported; "
+                              "retrain or warm-start (--init) a softplus one")
         check_keys(cls, d, "model config")
         try:
             kw = {k: tuple(int(i) for i in v) if k in ("widths", "blocks") else v for k, v in d.items()}
@@ -112,10 +113,8 @@ class ModelConfig:
         for k in ("dim_g", "c_l", "map_channels", "enc_width"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
-        if self.noise_sigma not in ("linear", "softplus"):
-            raise ConfigError(f"noise_sigma must be 'linear' or 'softplus', got {self.noise_sigma!r}")
-        if self.noise_code and not (self.noise_head and self.noise_sigma == "softplus"):
-            raise ConfigError('noise_code needs noise_head=True and noise_sigma="softplus"')
+        if self.noise_code and not self.noise_head:
+            raise ConfigError("noise_code needs noise_head=True")
         if self.entropy_mlp_layers < 0 or not self.quant_step_l > 0 or not self.quant_step_g > 0:
             raise ConfigError("entropy_mlp_layers must be ≥ 0 and the quantisation steps > 0")
 
@@ -134,7 +133,7 @@ class ModelConfig:
 _PRESETS = {
     "paper": ModelConfig(),
     "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
-                         noise_head=True, noise_sigma="softplus", noise_code=True, jpeg_head=True,
+                         noise_head=True, noise_code=True, jpeg_head=True,
                          jpeg_signature=True, jpeg_lattice=True, noise_signature=True, grid_phase=True,
                          quant_step_g=0.1, quant_step_l=0.1),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,

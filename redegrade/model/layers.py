@@ -123,41 +123,28 @@ class NoiseHead(nn.Module):
     decoder features F and the degradation map e, times three N(0,1) maps z mixed by a learned 3×3
     kernel k (colour and spatial correlation).
 
-    ``positive=False`` (the first shipped models): σ is the MLP's linear output, its sign irrelevant
-    since z is symmetric. It settles at ≈0 with a sign that changes from pixel to pixel, where the
-    pixels' gradients cancel and σ stays stuck. ``positive=True``: σ = softplus(s), so every noisy
-    target pushes the same way. The two MLPs have different names (``sigma``, ``level``) so a warm
-    start from one to the other leaves the new one fresh. The windowed-statistics losses are second
-    order in σ near 0: ``QualityLoss`` (first order) is what makes the model add noise at all.
-    σ starts at ``init_sigma`` everywhere.
+    σ = softplus(s) of the MLP's output s: positive, so every noisy target pushes the level the same way
+    (a signed σ settles at ≈0 with a sign that changes from pixel to pixel, where the pixels' gradients
+    cancel). σ starts at ``init_sigma`` everywhere.
 
-    ``dim_g`` > 0 adds a direct read of the global code e_g to the level (``positive`` only), as the JPEG
-    head has: noise strength is global, and through F and the fused map alone the shipped model's head
-    had switched itself off (mix ≈ 0), leaving weak noise (σ = 0.03) to the SFT layers, which drew 0.1
-    of it although e_g moved with σ.
+    ``dim_g`` > 0 adds a direct read of the global code e_g to the level, as the JPEG head has: noise
+    strength is global, and through F and the fused map alone the level is a ReLU and a bottleneck
+    away from the code.
     """
 
     #: Gain of the e_g read (weights stored divided by it; see :attr:`JpegHead.GAIN`).
     CODE_GAIN = 10.0
 
-    def __init__(self, channels: int, map_channels: int, init_sigma: float = 0.02, *, positive: bool = False,
-                 dim_g: int = 0):
+    def __init__(self, channels: int, map_channels: int, init_sigma: float = 0.02, *, dim_g: int = 0):
         super().__init__()
-        if dim_g and not positive:
-            raise ValueError("the noise head reads e_g only with a positive (softplus) level")
         self.code = nn.Linear(dim_g, 3, bias=False) if dim_g else None
         if self.code is not None:
             nn.init.normal_(self.code.weight, std=1e-4)
         hidden = channels
-        mlp = nn.Sequential(nn.Conv2d(channels + map_channels, hidden, 1), nn.LeakyReLU(0.1), nn.Conv2d(hidden, 3, 1))
-        nn.init.zeros_(mlp[2].weight)
-        # softplus⁻¹(σ₀) = log(exp(σ₀) − 1)
-        nn.init.constant_(mlp[2].bias, math.log(math.expm1(init_sigma)) if positive else init_sigma)
-        self.positive = positive
-        if positive:
-            self.level = mlp
-        else:
-            self.sigma = mlp
+        self.level = nn.Sequential(nn.Conv2d(channels + map_channels, hidden, 1), nn.LeakyReLU(0.1),
+                                   nn.Conv2d(hidden, 3, 1))
+        nn.init.zeros_(self.level[2].weight)
+        nn.init.constant_(self.level[2].bias, math.log(math.expm1(init_sigma)))  # softplus⁻¹(σ₀)
         self.mix = nn.Conv2d(3, 3, 3, padding=1, bias=False)
         with torch.no_grad():
             self.mix.weight.zero_()
@@ -167,8 +154,6 @@ class NoiseHead(nn.Module):
         """The noise level σ ``[B,3,H,W]`` (in ``[-1,1]`` image units) the head puts on each pixel."""
         e_full = F.interpolate(e, size=feat.shape[-2:], mode="bilinear", align_corners=True)
         h = torch.cat([feat, e_full], dim=1)
-        if not self.positive:
-            return self.sigma(h).clamp(-1, 1)
         s = self.level(h)
         if self.code is not None:
             s = s + self.CODE_GAIN * self.code(e_g)[:, :, None, None]

@@ -66,8 +66,7 @@ class SynthesisUNet(nn.Module):
         self.conv_skip1 = PreActConv(2 * c1, c1, 3, act=lrelu())
         self.blocks1_ = nn.ModuleList(SFTResBlock(c1, m, act="lrelu" if i < n1_ - 1 else "relu") for i in range(n1_))
         self.conv_last = PreActConv(c1, 3, 1, act=lrelu())
-        self.noise_head = (NoiseHead(c1, m, positive=config.noise_sigma == "softplus",
-                                     dim_g=config.dim_g if config.noise_code else 0) if config.noise_head else None)
+        self.noise_head = (NoiseHead(c1, m, dim_g=config.dim_g if config.noise_code else 0) if config.noise_head else None)
         self.jpeg_head = (JpegHead(m, config.dim_g, subsample=config.jpeg_subsampling)
                           if config.jpeg_head else None)
         self.num_noise = len(config.noise_levels())
