@@ -206,9 +206,6 @@ class JpegHead(nn.Module):
         nn.init.normal_(self.scale.weight, std=1e-3)
         nn.init.constant_(self.scale.bias, math.log(math.expm1(init_scale)) / self.GAIN)
         self.max_scale = max_scale
-        #: Training switch (not saved): the image losses see the steps as fixed, so only
-        #: ``jpeg_step_loss`` moves them (see ``TrainConfig.jpeg_steps_from_label``).
-        self.steps_from_label = False
         luma, chroma = quantization_tables(50)
         # not persistent: fixed constants, not weights (checkpoints stay free of them)
         self.register_buffer("tables", torch.stack([luma, chroma]), persistent=False)
@@ -220,10 +217,10 @@ class JpegHead(nn.Module):
         # a smooth cap (a clamp has no gradient above it: multipliers that overshoot would stay there)
         return self.max_scale * torch.tanh(m / self.max_scale)
 
-    def forward(self, y: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor) -> torch.Tensor:
-        m = self.multipliers(e, e_g, y.shape[-2:]).to(y.dtype)
-        if self.steps_from_label:
-            m = m.detach()
+    def forward(self, y: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor, *,
+                multipliers: torch.Tensor | None = None) -> torch.Tensor:
+        """Round ``y``'s DCT to the steps of :meth:`multipliers` (or of the ``multipliers`` given)."""
+        m = (self.multipliers(e, e_g, y.shape[-2:]) if multipliers is None else multipliers).to(y.dtype)
         steps = m[..., None, None] * self.tables.to(y.dtype)[None, :, None, None]  # [B,2,H/8,W/8,8,8]
         # baseline JPEG stores steps as bytes: libjpeg caps them at 255 (most high frequencies below q≈20)
         steps = torch.minimum(steps, steps.new_tensor(255.0))

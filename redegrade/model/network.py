@@ -164,6 +164,16 @@ class UniversalDegradationModel(CodedModel):
         self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)
         return self.synthesis(x, self.fusion(code), noise, code.e_g, checkpoint=checkpoint)
 
+    def synthesize_with_heads(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
+                              fixed_jpeg_steps: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`synthesize` for training: ŷ and what its heads decided (``noise_std``,
+        ``jpeg_multipliers``; see :class:`~redegrade.model.synthesis.SynthesisUNet`), which the label
+        losses supervise. With ``fixed_jpeg_steps`` ŷ's gradient does not reach the JPEG steps."""
+        self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)
+        heads: dict[str, torch.Tensor] = {}
+        y_hat = self.synthesis(x, self.fusion(code), noise, code.e_g, heads=heads, fixed_jpeg_steps=fixed_jpeg_steps)
+        return y_hat, heads
+
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """Same as :meth:`synthesize`."""
         return self.synthesize(x, code, noise)

@@ -80,8 +80,14 @@ class SynthesisUNet(nn.Module):
         return h, i
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, noise: list[torch.Tensor], e_g: torch.Tensor, *,
-                checkpoint: bool = False) -> torch.Tensor:
-        """``checkpoint`` recomputes each SFT block in the backward instead of storing its activations."""
+                checkpoint: bool = False, heads: dict[str, torch.Tensor] | None = None,
+                fixed_jpeg_steps: bool = False) -> torch.Tensor:
+        """``checkpoint`` recomputes each SFT block in the backward instead of storing its activations.
+
+        ``heads`` (a dict) receives what the heads decided: ``noise_std`` ``[B,3,H,W]`` and
+        ``jpeg_multipliers`` ``[B,2,H/8,W/8]``; with ``fixed_jpeg_steps`` ŷ's gradient does not reach
+        the JPEG steps (those in ``heads`` keep theirs).
+        """
         i, ck = 0, checkpoint
         inp = torch.cat([x, grid_phase(*x.shape[-2:], x).expand(x.shape[0], -1, -1, -1)], 1) if self.grid_phase else x
         h1 = self.conv_first(inp)
@@ -97,10 +103,16 @@ class SynthesisUNet(nn.Module):
         out = self.conv_last(u1)
         if self.noise_head is not None:
             out = out + self.noise_head(u1, e, torch.cat(noise[i:i + 3], dim=1), e_g)
+            if heads is not None:
+                heads["noise_std"] = self.noise_head.output_std(u1, e, e_g)
         out = x + out if self.global_residual else out
         if self.jpeg_head is None:
             return out
         # JPEG's rounding stays in float32 under autocast: bf16 holds 8 significant bits, too few for
         # DCT coefficients of up to ±1024 on 0…255 pixels
         with torch.autocast(x.device.type, enabled=False):
-            return self.jpeg_head(out.float(), e.float(), e_g.float())
+            m = self.jpeg_head.multipliers(e.float(), e_g.float(), out.shape[-2:])
+            if heads is not None:
+                heads["jpeg_multipliers"] = m
+            return self.jpeg_head(out.float(), e.float(), e_g.float(),
+                                  multipliers=m.detach() if fixed_jpeg_steps else m)

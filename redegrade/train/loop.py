@@ -121,11 +121,6 @@ class Trainer:
     def __post_init__(self) -> None:
         c = self.config
         self.model.to(self.device).train()
-        head = getattr(self.model.synthesis, "jpeg_head", None)
-        if head is not None:
-            # The image losses pushed the steps to 1.5-2x libjpeg's for noise JPEG'd afterwards, even at
-            # --lambda-jpeg 10, so the head rounded the noise away; its steps have a label, so use only that.
-            head.steps_from_label = c.jpeg_steps_from_label
         self.perceptual = L.perceptual(c.perceptual, pretrained_backbone=c.pretrained_backbone, seed=c.seed
                                        ).to(self.device)
         self.grid = L.GridLoss()
@@ -177,16 +172,10 @@ class Trainer:
         code_hat, rate = m.quantize(code, mode, generator=g)
         if partner is not None:
             code_hat = DegradationCode(code_hat.e_g[partner], code_hat.e_l[partner])
-        noise_head = getattr(m.synthesis, "noise_head", None)
-        supervise_noise = noise_head is not None and noise_std is not None and c.lambda_noise
-        if supervise_noise:
-            # σ is internal to the synthesis: read the head's inputs rather than widen synthesize's return
-            seen: dict[str, tuple] = {}
-            hook = noise_head.register_forward_hook(lambda mod, args, out: seen.update(args=args))  # returns None
-        y_hat = m.synthesize(x, code_hat, m.sample_noise(x, generator=g))
-        if supervise_noise:
-            hook.remove()
-            feat, e, _, e_g = seen["args"]
+        # The image losses pushed the JPEG steps to 1.5-2x libjpeg's for noise JPEG'd afterwards, even at
+        # --lambda-jpeg 10, so the head rounded the noise away; the steps have a label: learn from it alone.
+        fixed = c.jpeg_steps_from_label
+        y_hat, heads = m.synthesize_with_heads(x, code_hat, m.sample_noise(x, generator=g), fixed_jpeg_steps=fixed)
         positions = max(1, code.e_l.shape[-1] * code.e_l.shape[-2])
         terms: dict[str, torch.Tensor] = {
             "sim": self.perceptual(y, y_hat),
@@ -200,17 +189,16 @@ class Trainer:
             terms["quality"] = self.quality(y, y_hat)
         if c.lambda_dist:
             terms["dist"] = L.residual_distribution_loss(x, y, y_hat)
-        head = getattr(m.synthesis, "jpeg_head", None)
-        if head is not None and jpeg_quality is not None and c.lambda_jpeg:
-            steps = head.multipliers(m.degradation_map(code_hat), code_hat.e_g, x.shape[-2:])
+        if "jpeg_multipliers" in heads and jpeg_quality is not None and c.lambda_jpeg:
+            steps = heads["jpeg_multipliers"]
             terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
-        if supervise_noise:
-            terms["noise"] = L.noise_level_loss(noise_head.output_std(feat, e, e_g), noise_std)
+        if "noise_std" in heads and noise_std is not None and c.lambda_noise:
+            terms["noise"] = L.noise_level_loss(heads["noise_std"], noise_std)
         if clean is not None and c.lambda_clean:
             per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
             terms["clean"] = (per_sample * clean.to(per_sample)).mean()
         if c.lambda_diver:
-            y_hat2 = m.synthesize(x, code_hat, m.sample_noise(x, generator=g))
+            y_hat2 = m.synthesize_with_heads(x, code_hat, m.sample_noise(x, generator=g), fixed_jpeg_steps=fixed)[0]
             terms["diver"] = L.diversity_loss(y_hat, y_hat2)
         keys = None
         if c.lambda_contra:
