@@ -40,6 +40,14 @@ class ForwardModel(nn.Module):
         """The known inpainting mask ([B,1,H,W], 1 = observed) when the forward model knows one."""
         return None
 
+    def _apply(self, fn, recurse: bool = True):
+        # ``.to(device)`` / ``.double()`` move the variables with the weights. Their data moves in place,
+        # so they stay the leaf tensors a backend's optimiser already holds.
+        super()._apply(fn, recurse)
+        for v in self.variables():
+            v.data = fn(v.data)
+        return self
+
     def freeze(self) -> "ForwardModel":
         """Freeze network weights (eval mode, no gradients to parameters). Returns ``self``."""
         self.eval()

@@ -189,3 +189,14 @@ def test_shipped_models_outputs_are_pinned(name, expected):
     weights = torch.arange(out.numel()).view_as(out).double().sin()
     got = (out.sum(), out.abs().sum(), (out * weights).sum(), code.e_g.double().sum(), code.e_l.double().sum())
     assert [float(v) for v in got] == pytest.approx(expected, rel=1e-4, abs=1e-3)
+
+
+def test_to_moves_the_variables_and_keeps_them_the_same_leaves(red):
+    """A backend moves the forward model with ``.to``; the optimiser must still hold its variables."""
+    red.reset(_img(seed=8), generator=_gen(0))
+    before = red.variables()
+    red.to(torch.float64)
+    after = red.variables()
+    assert all(a is b for a, b in zip(before, after))
+    assert all(v.dtype == torch.float64 and v.is_leaf and v.requires_grad for v in after)
+    assert torch.isfinite(red(_img(seed=9).double())).all()  # weights and variables moved together

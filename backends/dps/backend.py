@@ -120,10 +120,7 @@ class DPS(Backend):
 
         # 1. observation and forward model (already reset on y by the caller, as for every backend)
         y = y.to(device=device, dtype=torch.float32)
-        forward_model.to(device)
-        for p in forward_model.variables():
-            if p.device != device:  # reset on another device: move the data, keep the leaf's identity
-                p.data = p.data.to(device)
+        forward_model.to(device)  # its variables too (reset on another device)
         with torch.no_grad():
             probe = forward_model(torch.zeros(1, 3, res, res, device=device))
         if probe.shape != y.shape:

@@ -82,11 +82,7 @@ class RSG(Backend):
         schedule = self.config.schedule()
         G = self.generator.to(device)
         objective = self._objective_on(device)
-        forward_model.to(device)
-        for v in forward_model.variables():
-            # A forward model reset on another device: move the data, keep the leaf tensor's identity.
-            if v.device != device:
-                v.data = v.data.to(device)
+        forward_model.to(device)  # its variables too (a forward model reset on another device)
         y = y.to(device=device, dtype=torch.float32)
         mask = forward_model.mask()
         mask = None if mask is None else mask.to(device)
