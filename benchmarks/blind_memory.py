@@ -7,7 +7,7 @@ Each configuration runs in its own child process (so one cannot hide another's p
 StyleGAN2 of NVIDIA's config-f size at ``--resolution``, LPIPS-VGG with a random backbone (same cost as
 the real one, no download) and one ``RSG.restore`` step in ``--phase`` (W++ by default: its latent is
 the largest) through the forward model. Models: ``naive`` (identity: the floor), ``paper`` (random
-paper-size universal degradation model) and ``shipped`` (the bundled ``ffhqx`` model), each with
+paper-size universal degradation model) and ``shipped`` (restore's default bundled model, ``ffhqx``), each with
 ``checkpoint=off`` and ``on``. Peak memory is CUDA's ``max_memory_allocated`` (absolute, everything
 the process holds) or on CPU the peak resident set size sampled every 5 ms (absolute, and the growth
 during the restore). Nothing is timed here: see ``step_cost.py``.
@@ -34,6 +34,7 @@ def one_step(model: str, checkpoint: str, precision: str, resolution: int, devic
     from redegrade.forward import Identity
     from redegrade.objective import build
     from redegrade.redegrader import Redegrader
+    from redegrade.restore import DEFAULT_REDEGRADER
     from redegrade_rsg import RSG, RSGConfig
 
     dev = settings.resolve_device(device)
@@ -41,7 +42,7 @@ def one_step(model: str, checkpoint: str, precision: str, resolution: int, devic
     if model == "naive":
         fm = Identity()
     elif model == "shipped":
-        fm = Redegrader.from_pretrained("ffhqx", checkpoint=checkpoint, precision=precision)
+        fm = Redegrader.from_pretrained(DEFAULT_REDEGRADER, checkpoint=checkpoint, precision=precision)
     else:
         from redegrade.model import ModelConfig, UniversalDegradationModel
 

@@ -96,9 +96,10 @@ def main(generator, resolution, images, tasks, level, loss, redegrader, fit_step
 def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps, seed) -> int:
     from redegrade.degradations import ffhqx
     from redegrade.forward import Identity, KnownDegradation
-    from redegrade.pixels.scale import psnr
     from redegrade.objective import build
+    from redegrade.pixels.scale import psnr
     from redegrade.redegrader import Redegrader
+    from redegrade.restore import DEFAULT_REDEGRADER
 
     if generator is None:
         G = natural_generator(resolution, seed=0)
@@ -108,7 +109,7 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
         G = load_generator(generator)
     R = int(G.img_resolution)
     objective = build(loss)
-    red = Redegrader.from_pretrained(redegrader or "ffhqx")
+    red = Redegrader.from_pretrained(redegrader or DEFAULT_REDEGRADER)
     clean = targets(G, images, seed, 1.0)
     for name in ffhqx.parse_tasks(tasks):
         lv = level if name in ffhqx.TASKS_SINGLE else ffhqx.COMPOSED_LEVEL

@@ -309,6 +309,7 @@ def _tiny_prior(backend: str) -> torch.nn.Module:
 def _blind_model(bench: Bench, device: torch.device):
     """The blind forward model: ``--redegrader``, a random tiny model for ``--tiny``, else the shipped ``ffhqx``."""
     from redegrade.redegrader import Redegrader
+    from redegrade.restore import DEFAULT_REDEGRADER
 
     if bench.redegrader is None and bench.tiny:
         from redegrade.model import ModelConfig, UniversalDegradationModel
@@ -318,7 +319,7 @@ def _blind_model(bench: Bench, device: torch.device):
             torch.manual_seed(0)
             model = UniversalDegradationModel(ModelConfig.preset("tiny"))
         return Redegrader(model).freeze().to(device)
-    return Redegrader.from_pretrained(bench.redegrader or "ffhqx", device=device)
+    return Redegrader.from_pretrained(bench.redegrader or DEFAULT_REDEGRADER, device=device)
 
 
 class Runner:

@@ -160,7 +160,7 @@ def run(generator, resolution, images, tasks, level, modes, steps, loss, redegra
     from redegrade import backend as backends
     from redegrade.degradations import ffhqx
     from redegrade.redegrader import Redegrader
-    from redegrade.restore import make_config
+    from redegrade.restore import DEFAULT_REDEGRADER, make_config
 
     dev = settings.resolve_device(device)
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
@@ -178,7 +178,7 @@ def run(generator, resolution, images, tasks, level, modes, steps, loss, redegra
     cls = backends.load("rsg")
     config = make_config(cls, "rsg", {"steps": steps, "loss": loss, "device": str(dev)}, tuple(assignments))
     rsg = cls(config, prior=G)
-    blind = Redegrader.from_pretrained(redegrader or "ffhqx", device=dev) if "blind" in mode_list else None
+    blind = Redegrader.from_pretrained(redegrader or DEFAULT_REDEGRADER, device=dev) if "blind" in mode_list else None
     clean = targets(G, images, seed, psi)
     rows = []
     for name in task_list:

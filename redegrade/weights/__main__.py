@@ -94,11 +94,10 @@ def convert(args: tuple[str, ...], fmt: str, cdd_config: Path | None, compress_g
         raise CheckpointError(f"cannot convert {src}: it is a folder, not a checkpoint file")
     if not src.is_file():
         raise CheckpointError(f"cannot convert {src}: no such file")
-    refuse_inputs(dst, [src])  # before reading IN to tell its format
+    refuse_inputs(dst, [src])  # OUT is not IN (also through links), before IN is read to tell its format
     if fmt == "auto":
         fmt = _sniff(src)
-    # before any work: OUT is not IN (also through links), and can be written
-    check_output(dst, inputs=[src], folder=fmt in ("adm", "cdd"))
+    check_output(dst, folder=fmt in ("adm", "cdd"))  # before any work: OUT can be written
     if fmt is None:
         raise CheckpointError(f"cannot tell the format of {src} from its content: it is neither a pickle nor a "
                               "torch checkpoint; name it: convert stylegan2|adm|cdd IN OUT")
