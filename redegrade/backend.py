@@ -62,8 +62,8 @@ class Backend(abc.ABC):
     """Base class of inversion backends.
 
     Subclasses set ``Config`` (a dataclass with at least ``seed`` and ``device`` fields) and implement
-    :attr:`resolution` and :meth:`restore`. The prior (generator, diffusion model) may be passed in directly, which is what
-    tests do; otherwise the backend loads it from its config on first use.
+    :attr:`resolution` and :meth:`restore`. The prior (generator, diffusion model) may be passed in
+    directly, which is what tests do; otherwise the backend loads it from its config on first use.
     """
 
     Config: ClassVar[type]

@@ -61,9 +61,8 @@ class Redegrader(ForwardModel):
       ``torch.autocast`` (codes, quantisation and the JPEG head stay float32; ŷ is returned as float32).
       Half precision changes ŷ by ≈1e-2 (see ``tests/test_memory.py``); fp16 is meant for CUDA.
 
-    The wrapped
-    model is frozen **in place** (eval mode, ``requires_grad=False``): wrap a copy of a model you are
-    still training.
+    The wrapped model is frozen **in place** (eval mode, ``requires_grad=False``): wrap a copy of a
+    model you are still training.
     """
 
     def __init__(self, model: UniversalDegradationModel | CDDModel, *, quantizer: str = "ste",

@@ -29,9 +29,9 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from redegrade.pixels.scale import from_unit, to_unit
 from redegrade.degradations.jpeg import decode, encode
 from redegrade.image import check_shape
+from redegrade.pixels.scale import from_unit, to_unit
 
 
 @dataclass(frozen=True)

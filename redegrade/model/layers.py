@@ -180,9 +180,9 @@ class JpegHead(nn.Module):
     (m = 2.5 is quality 20, m = 0.1 quality 95); its YCbCr DCT coefficients are rounded to those steps
     (:func:`~redegrade.pixels.jpeg.round_to_step`: m's gradient says how many coefficients a larger
     step would zero; ŷ's passes straight through, in training mode outside the zero bin only, so that
-    the frozen model in an inversion gives x a gradient for every coefficient). Why: after 22k steps the U-Net alone
-    reproduced 0.09 of a q=20 JPEG's blockiness; a grid of independently rounded DCT coefficients is
-    hard to draw with 3×3 convolutions. m starts at ``init_scale`` (quality ≈ 95) for every input.
+    the frozen model in an inversion gives x a gradient for every coefficient). Why: after 22k steps
+    the U-Net alone reproduced 0.09 of a q=20 JPEG's blockiness; a grid of independently rounded DCT
+    coefficients is hard to draw with 3×3 convolutions. m starts at ``init_scale`` (quality ≈ 95) for every input.
     With ``subsample`` chroma is 2×2-averaged before and upsampled after (4:2:0, JPEG's default).
     """
 
@@ -196,7 +196,6 @@ class JpegHead(nn.Module):
                  *, subsample: bool = False):
         super().__init__()
         self.subsample = subsample
-
         self.scale = nn.Conv2d(map_channels, 2, 1)
         # a direct read of e_g as well: JPEG quality is global, and through the fused map alone (a ReLU
         # and an 8-channel bottleneck away) the step reached only ≈0.3 of libjpeg's for q=20
