@@ -32,8 +32,8 @@ def _img(seed: int) -> torch.Tensor:
 
 def _tiny_ours() -> UniversalDegradationModel:
     # the heads of the shipped models too: noise head (3 extra maps) and JPEG head (kept in float32)
-    cfg = dataclasses.replace(ModelConfig.preset("tiny"), noise_head=True, jpeg_head=True,
-                              grid_phase=True)
+    cfg = dataclasses.replace(ModelConfig.preset("tiny"), extras=("global_residual", "noise_head", "jpeg_head",
+                                                                  "grid_phase"))
     torch.manual_seed(0)  # parameter init only
     return UniversalDegradationModel(cfg)
 

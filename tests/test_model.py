@@ -1,13 +1,13 @@
 """The universal degradation model: shapes, noise inventory, quantisation, gradients, loading."""
+import dataclasses
 import json
-
 import math
 
 import pytest
 import torch
 
 from redegrade.errors import CheckpointError, ConfigError, InputError, ShapeError
-from redegrade.model import DegradationCode, ModelConfig, UniversalDegradationModel, load_state
+from redegrade.model import DegradationCode, ModelConfig, UniversalDegradationModel, extras, load_state
 from redegrade.model.layers import SFTLayer
 
 
@@ -221,14 +221,16 @@ def test_fused_map_equals_conv_of_broadcast_concat(tiny):
 
 
 # ----------------------------------------------------------------- options outside CDD (small preset)
-def _with(**kw) -> UniversalDegradationModel:
+def _with(*extras: str, **kw) -> UniversalDegradationModel:
+    """The tiny preset with ``extras`` added (and config fields ``kw``), through a JSON round trip."""
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), **kw})
+    tiny = ModelConfig.preset("tiny")
+    cfg = ModelConfig(**{**tiny.to_dict(), **kw, "extras": (*tiny.extras, *extras)})
     return UniversalDegradationModel(ModelConfig.from_dict(cfg.to_dict())).eval()
 
 
 def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_level():
-    m = _with(noise_head=True)
+    m = _with("noise_head")
     base = _with()
     assert m.num_noise == base.num_noise + 3
     assert m.noise_shapes(32, 16)[-3:] == [(32, 16)] * 3
@@ -241,7 +243,7 @@ def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_leve
     # σ starts at 0.02 rather than 0, where a statistics loss would give it no gradient
     assert 0.01 < float(diff.std()) / 2 ** 0.5 < 0.04
     m.synthesize(x, code, noise).square().mean().backward()
-    head = m.synthesis.noise_head
+    head = m.extras.noise_head
     mlp = head.level
     # the level's last layer (zero at init, so the hidden layer waits for it) and the colour kernel learn
     for p in (mlp[2].weight, mlp[2].bias, head.mix.weight):
@@ -252,7 +254,7 @@ def test_noise_head_adds_visible_noise_from_three_extra_maps_and_learns_its_leve
 def test_noise_head_output_std_is_the_std_of_the_noise_it_adds():
     """``output_std`` counts the colour kernel's gain: with a trained kernel (gains ≠ 1) σ alone is not the
     noise the head draws, and the noise loss must see what it draws."""
-    from redegrade.model.layers import NoiseHead
+    from redegrade.model.extras.noise_head import NoiseHead
 
     torch.manual_seed(0)
     head = NoiseHead(4, 2, dim_g=5)
@@ -286,8 +288,8 @@ def _fit_quality(m, x, code, target, params, *, lr: float, steps: int) -> torch.
 def test_positive_noise_head_learns_a_noisy_targets_level_from_the_quality_loss():
     from redegrade.quality import noise_level
 
-    m = _with(noise_head=True).train()
-    head = m.synthesis.noise_head
+    m = _with("noise_head").train()
+    head = m.extras.noise_head
     x = torch.nn.functional.interpolate(_img(2, 4, 4), size=(32, 32), mode="bilinear")  # smooth
     target = (x + 2 * 0.08 * torch.randn(x.shape, generator=_gen(3))).clamp(-1, 1)
     code = m.encode(x).detach()
@@ -297,15 +299,15 @@ def test_positive_noise_head_learns_a_noisy_targets_level_from_the_quality_loss(
 
 
 def test_noise_head_reads_the_global_code_and_learns_one_level_per_code():
-    """With ``noise_code`` the head's level reads e_g directly: training only that read, two codes learn
+    """The head's level reads e_g directly: training only that read, two codes learn
     two noise levels (a weak and a strong one) on the same image."""
     from redegrade.quality import noise_level
 
-    m = _with(noise_head=True, noise_code=True).train()
+    m = _with("noise_head").train()
     with torch.no_grad():  # the untrained U-Net adds noise of its own; leave ŷ = x + head's noise
         for p in m.synthesis.conv_last.parameters():
             p.zero_()
-    head = m.synthesis.noise_head
+    head = m.extras.noise_head
     x = torch.nn.functional.interpolate(_img(1, 4, 4), size=(32, 32), mode="bilinear").expand(2, -1, -1, -1)
     code = m.encode(_img(2, 32, 32, seed=4)).detach()
     code = DegradationCode(torch.randn(code.e_g.shape, generator=_gen(5)), code.e_l)  # two distinct codes
@@ -317,9 +319,29 @@ def test_noise_head_reads_the_global_code_and_learns_one_level_per_code():
     assert torch.allclose(got, want, rtol=0.3), (got, want)
 
 
-def test_noise_code_needs_a_noise_head():
+def test_extras_are_known_names_in_one_order_and_a_modifier_needs_its_extra():
+    with pytest.raises(ConfigError, match="unknown model extra"):
+        ModelConfig(extras=("bogus",))
+    with pytest.raises(ConfigError, match="jpeg_420 needs jpeg_head"):
+        ModelConfig(extras=("jpeg_420",))
+    assert ModelConfig(extras=("jpeg_head", "grid_phase")) == ModelConfig(extras=("grid_phase", "jpeg_head"))
+
+
+def test_configs_with_the_old_extra_flags_load_and_combinations_never_built_say_why_not():
+    from redegrade.model.extras import legacy
+
+    old = {**ModelConfig.preset("tiny").to_dict(), "global_residual": True, "noise_head": True, "noise_code": True,
+           "jpeg_head": True, "jpeg_subsampling": True, "jpeg_signature": True, "jpeg_lattice": True,
+           "noise_signature": True, "grid_phase": True}
+    del old["extras"]
+    cfg = ModelConfig.from_dict(old)
+    assert cfg == dataclasses.replace(ModelConfig.preset("tiny"), extras=extras.NAMES)
     with pytest.raises(ConfigError, match="noise_code"):
-        ModelConfig(noise_code=True)
+        ModelConfig.from_dict({**old, "noise_code": False})
+    with pytest.raises(ConfigError, match="all on or all off"):
+        ModelConfig.from_dict({**old, "jpeg_lattice": False})
+    renamed = legacy.rename_keys({"hden.jpeg.weight": 1, "synthesis.noise_head.mix.weight": 2, "hden.head.0.bias": 3})
+    assert renamed == {"extras.signatures.jpeg.weight": 1, "extras.noise_head.mix.weight": 2, "hden.head.0.bias": 3}
 
 
 def test_configs_that_name_the_noise_level_still_load_and_linear_ones_say_why_not():
@@ -330,7 +352,7 @@ def test_configs_that_name_the_noise_level_still_load_and_linear_ones_say_why_no
 
 
 def test_grid_phase_lets_the_synthesis_tell_block_positions_apart():
-    plain, phased = _with(), _with(grid_phase=True)
+    plain, phased = _with(), _with("grid_phase")
     x = torch.zeros(1, 3, 32, 32)  # a flat image: only the position can make rows differ
     with torch.no_grad():
         outs = {}
@@ -347,15 +369,15 @@ def test_warm_start_copies_matching_weights_and_widens_inputs_with_zeros(tmp_pat
 
     src = _with()
     save_state(src, tmp_path / "src")
-    dst = _with(grid_phase=True, noise_head=True)
+    dst = _with("grid_phase", "noise_head")
     fresh = warm_start(dst, tmp_path / "src")
-    assert fresh and all(k.startswith("synthesis.noise_head.") for k in fresh)
+    assert fresh and all(k.startswith("extras.noise_head.") for k in fresh)
     # zero phase weights: the widened synthesis computes exactly what the source did, plus the new noise
     x = _img(1, 32, 32)
     code = src.encode(_img(1, 32, 32, seed=5))
     n = src.sample_noise(x, _gen(1))
     with torch.no_grad():
-        dst.synthesis.noise_head.mix.weight.zero_()  # the new head adds nothing
+        dst.extras.noise_head.mix.weight.zero_()  # the new head adds nothing
         a = src.synthesize(x, code, n)
         b = dst.synthesize(x, code, n + dst.sample_noise(x, _gen(2))[-3:])
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
@@ -366,19 +388,18 @@ def test_warm_start_copies_matching_weights_and_widens_inputs_with_zeros(tmp_pat
 def test_warm_start_leaves_skipped_parts_at_their_fresh_init(tmp_path):
     from redegrade.model.io import save_state, warm_start
 
-    kw = dict(noise_head=True)
-    src = _with(**kw)
+    src = _with("noise_head")
     with torch.no_grad():
         for p in src.parameters():
             p.add_(1.0)  # so that every copied tensor differs from a fresh one
     save_state(src, tmp_path / "src")
-    dst, fresh_model = _with(**kw, noise_code=True), _with(**kw, noise_code=True)
-    fresh = warm_start(dst, tmp_path / "src", skip=("synthesis.noise_head",))
-    assert fresh and all(k.startswith("synthesis.noise_head.") for k in fresh)
-    assert "synthesis.noise_head.code.weight" in fresh and "synthesis.noise_head.mix.weight" in fresh
+    dst, fresh_model = _with("noise_head"), _with("noise_head")
+    fresh = warm_start(dst, tmp_path / "src", skip=("extras.noise_head",))
+    assert fresh and all(k.startswith("extras.noise_head.") for k in fresh)
+    assert "extras.noise_head.code.weight" in fresh and "extras.noise_head.mix.weight" in fresh
     own, new, old = dst.state_dict(), fresh_model.state_dict(), src.state_dict()
     for k in own:
-        want = new[k] if k.startswith("synthesis.noise_head.") else old[k]
+        want = new[k] if k.startswith("extras.noise_head.") else old[k]
         torch.testing.assert_close(own[k], want, msg=k)
 
 
@@ -395,7 +416,7 @@ def test_jpeg_head_at_libjpegs_table_scale_blocks_like_real_jpeg():
 
     from redegrade.degradations import jpeg
     from redegrade.image import pil_to_tensor
-    from redegrade.model.layers import JpegHead
+    from redegrade.model.extras.jpeg_head import JpegHead
     from redegrade.quality import blockiness
 
     x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((128, 128), Image.Resampling.LANCZOS))
@@ -420,7 +441,7 @@ def test_jpeg_head_with_subsampling_reproduces_pils_low_quality_jpeg():
     from redegrade.degradations import jpeg
     from redegrade.image import pil_to_tensor
     from redegrade.pixels.scale import psnr
-    from redegrade.model.layers import JpegHead
+    from redegrade.model.extras.jpeg_head import JpegHead
 
     x = pil_to_tensor(Image.fromarray(skdata.astronaut()).resize((64, 64), Image.Resampling.LANCZOS))
     real = jpeg.decode(jpeg.encode((x + 1) / 2, 12)) * 2 - 1
@@ -440,7 +461,7 @@ def test_jpeg_head_with_subsampling_reproduces_pils_low_quality_jpeg():
 def test_frozen_jpeg_heads_gradient_reaches_the_coefficients_it_zeroes():
     """In an inversion (eval mode) x must feel the coefficients the step zeroes, at low quality most of
     them; in training they pass no gradient (see ``round_to_step``). The output is the same in both."""
-    from redegrade.model.layers import JpegHead
+    from redegrade.model.extras.jpeg_head import JpegHead
 
     x = (0.05 * torch.randn(1, 3, 16, 16, generator=_gen(0))).requires_grad_(True)
     head = JpegHead(4, 8)
@@ -458,7 +479,7 @@ def test_frozen_jpeg_heads_gradient_reaches_the_coefficients_it_zeroes():
 
 
 def test_jpeg_head_starts_near_identity():
-    m = _with(jpeg_head=True)
+    m = _with("jpeg_head")
     x = torch.nn.functional.interpolate(_img(2, 8, 8), size=(64, 64), mode="bicubic").clamp(-1, 1)
     code = m.encode(x)
     noise = m.sample_noise(x, _gen(1))
@@ -477,7 +498,7 @@ def test_jpeg_head_learns_a_real_jpegs_quality_from_the_quality_loss(name):
 
     from redegrade.degradations import jpeg
     from redegrade.image import pil_to_tensor
-    from redegrade.model.layers import JpegHead
+    from redegrade.model.extras.jpeg_head import JpegHead
     from redegrade.train.losses import QualityLoss
 
     x = pil_to_tensor(Image.fromarray(getattr(skdata, name)()).resize((128, 128), Image.Resampling.LANCZOS))
@@ -504,7 +525,7 @@ def test_jpeg_signature_sees_jpeg_on_its_grid_but_not_blur_noise_or_a_shifted_gr
 
     from redegrade.degradations import jpeg
     from redegrade.image import pil_to_tensor
-    from redegrade.model.encoders import jpeg_signature
+    from redegrade.model.extras.signatures import jpeg_signature
 
     x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((136, 136), Image.Resampling.LANCZOS))
     blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
@@ -525,7 +546,7 @@ def test_jpeg_lattice_reads_the_quality_through_noise_and_nothing_without_jpeg()
 
     from redegrade.degradations import jpeg
     from redegrade.image import pil_to_tensor
-    from redegrade.model.encoders import LATTICE_QUALITIES, jpeg_lattice
+    from redegrade.model.extras.signatures import LATTICE_QUALITIES, jpeg_lattice
 
     x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((72, 72), Image.Resampling.LANCZOS))
     noisy = (x + 2 * 0.05 * torch.randn(x.shape, generator=_gen(0))).clamp(-1, 1)
@@ -545,7 +566,7 @@ def test_noise_signature_grows_with_noise_and_still_sees_it_after_jpeg():
 
     from redegrade.degradations import jpeg
     from redegrade.image import pil_to_tensor
-    from redegrade.model.encoders import NOISE_SIGNATURE_DIM, noise_signature
+    from redegrade.model.extras.signatures import NOISE_SIGNATURE_DIM, noise_signature
 
     x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((128, 128), Image.Resampling.LANCZOS))
     levels = [float(noise_signature((x + 2 * sd * torch.randn(x.shape, generator=_gen(0))).clamp(-1, 1)).mean())
@@ -560,9 +581,7 @@ def test_noise_signature_grows_with_noise_and_still_sees_it_after_jpeg():
     assert (sig["noisy"][1] > sig["clean"][1] + 0.3).all(), sig
 
 
-@pytest.mark.parametrize("field, fresh", [("jpeg_signature", "hden.jpeg.weight"),
-                                          ("jpeg_lattice", "hden.lattice.weight")])
-def test_a_warm_start_adds_the_signature_path_fresh_and_it_moves_only_jpeg_codes(tmp_path, field, fresh):
+def test_a_warm_start_adds_the_signature_reads_fresh_and_they_move_jpeg_codes_most(tmp_path):
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image
 
@@ -572,8 +591,8 @@ def test_a_warm_start_adds_the_signature_path_fresh_and_it_moves_only_jpeg_codes
 
     src = _with()
     save_state(src, tmp_path / "src")
-    dst = _with(**{field: True})
-    assert warm_start(dst, tmp_path / "src") == [fresh]
+    dst = _with("signatures")
+    assert sorted(warm_start(dst, tmp_path / "src")) == [f"extras.signatures.{k}.weight" for k in ("jpeg", "lattice", "noise")]
     x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((64, 64), Image.Resampling.LANCZOS))
     q20 = jpeg.decode(jpeg.encode((x + 1) / 2, 20)) * 2 - 1
     with torch.no_grad():

@@ -485,21 +485,21 @@ def test_jpeg_step_loss_tells_the_code_the_known_quality():
     steps = torch.tensor([2.5, 0.02]).view(2, 1, 1, 1).expand(2, 2, 3, 3)
     assert float(L.jpeg_step_loss(steps, torch.tensor([20, 0]))) == pytest.approx(0.0, abs=1e-10)
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "jpeg_head": True, "jpeg_signature": True})
+    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "extras": ("jpeg_head", "signatures")})
     trainer = Trainer(UniversalDegradationModel(cfg), TrainConfig(preset="tiny", lambda_contra=0.0, lambda_diver=0.0))
     b = _sampler(crop=32, batch=4).sample(0)
     quality = torch.tensor([20, 0, 50, 90])
     terms = trainer.losses(b.x, b.y, b.y_pos, torch.Generator().manual_seed(0), None, None, quality)[1]
     terms["jpeg"].backward()
     m = trainer.model
-    for p in (m.synthesis.jpeg_head.scale.weight, m.hden.jpeg.weight, m.hden.head[0].weight):
+    for p in (m.extras.jpeg_head.scale.weight, m.extras.signatures.jpeg.weight, m.hden.head[0].weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
 def test_jpeg_steps_from_label_keeps_the_image_losses_off_the_steps_but_not_the_label():
     from redegrade.model import ModelConfig, UniversalDegradationModel
 
-    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "jpeg_head": True, "jpeg_lattice": True})
+    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "extras": ("jpeg_head", "signatures")})
     b = _sampler(crop=32, batch=4).sample(0)
     quality = torch.tensor([20, 0, 50, 90])
     grads = {}
@@ -508,12 +508,12 @@ def test_jpeg_steps_from_label_keeps_the_image_losses_off_the_steps_but_not_the_
         trainer = Trainer(UniversalDegradationModel(cfg), TrainConfig(
             preset="tiny", lambda_contra=0.0, lambda_diver=0.0, jpeg_steps_from_label=from_label))
         terms = trainer.losses(b.x, b.y, b.y_pos, torch.Generator().manual_seed(0), None, None, quality)[1]
-        head = trainer.model.synthesis.jpeg_head
+        head = trainer.model.extras.jpeg_head
         (terms["sim"] + terms["grid"]).backward(retain_graph=True)
         image = head.scale.weight.grad
         head.zero_grad(set_to_none=True)
         terms["jpeg"].backward()
-        grads[from_label] = (image, head.scale.weight.grad, trainer.model.hden.lattice.weight.grad)
+        grads[from_label] = (image, head.scale.weight.grad, trainer.model.extras.signatures.lattice.weight.grad)
     assert grads[False][0] is not None and grads[False][0].abs().sum() > 0
     assert grads[True][0] is None or grads[True][0].abs().sum() == 0
     for g in grads[True][1:]:
@@ -539,8 +539,7 @@ def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_ou
     faint = [float(L.noise_level_loss(torch.full((1, 3, 4, 4), s), torch.zeros(1))) for s in (0.0044, 0.001)]
     assert faint[0] > 0.2 and faint[1] < 0.05, faint
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "noise_head": True,
-                         "noise_code": True})
+    cfg = ModelConfig(**{**ModelConfig.preset("tiny").to_dict(), "extras": ("noise_head",)})
     model = UniversalDegradationModel(cfg)
     b = _sampler(crop=32, batch=4).sample(0)
     std = torch.tensor([0.03, 0.0, 0.1, 0.0])
@@ -552,7 +551,7 @@ def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_ou
     torch.testing.assert_close(outs[0.0], outs[1.0])  # reading σ does not change the synthesis
     model.zero_grad()
     terms["noise"].backward()
-    head = model.synthesis.noise_head
+    head = model.extras.noise_head
     for p in (head.code.weight, head.level[2].bias, head.level[2].weight, head.mix.weight,
               model.hden.head[2].weight):
         assert p.grad is not None and p.grad.abs().sum() > 0

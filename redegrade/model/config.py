@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redegrade.errors import ConfigError
+from redegrade.model import extras
+from redegrade.model.extras import legacy
 
 
 def check_keys(cls: type, d: dict[str, Any], what: str) -> None:
@@ -44,33 +46,8 @@ class ModelConfig:
     quant_step_g: float = 1.0
     """Quantisation step of e_g after its entropy head (CDD: 1.0). A briefly trained model's codes are
     far smaller than 1, round to one value for every input and carry nothing; a finer step keeps them."""
-    global_residual: bool = False
-    """Add x to the U-Net output (ŷ = x + f(x)). Not in CDD; helps small models start at identity."""
-    noise_head: bool = False
-    """Add pixel noise σ(x, e)·k∗z from 3 extra full-size noise maps z (not in CDD). Noise injected only
-    inside the SFT layers starts with no gradient (a loss that compares statistics is flat at zero
-    noise amplitude), so a small model never learns to use it; an explicit, non-zero σ does."""
-    noise_code: bool = False
-    """The noise head also reads e_g directly (needs ``noise_head``; not in CDD; see
-    :class:`~redegrade.model.layers.NoiseHead`)."""
-    jpeg_head: bool = False
-    """End the synthesis with JPEG's DCT quantisation, step sizes per 8×8 block read from e and e_g (not
-    in CDD; see :class:`~redegrade.model.layers.JpegHead`)."""
-    jpeg_subsampling: bool = False
-    """The JPEG head also subsamples chroma 4:2:0, as PIL and OpenCV write JPEG by default (at PIL's
-    quality 12 rounding alone reaches 27 dB of the file on in-range faces, with 4:2:0 37–41 dB)."""
-    jpeg_signature: bool = False
-    """HDEN also reads a fixed JPEG signature of y (near-zero DCT coefficients on the 8×8 grid vs off it;
-    not in CDD; see :func:`~redegrade.model.encoders.jpeg_signature`)."""
-    jpeg_lattice: bool = False
-    """HDEN also reads which libjpeg quality's luma steps y's DCT coefficients sit on (not in CDD; see
-    :func:`~redegrade.model.encoders.jpeg_lattice`)."""
-    noise_signature: bool = False
-    """HDEN also reads fixed robust noise estimates of y (Haar diagonal band at three scales; not in CDD;
-    see :func:`~redegrade.model.encoders.noise_signature`)."""
-    grid_phase: bool = False
-    """Feed the synthesis the position modulo 8 (cos/sin at periods 8 and 4; not in CDD). JPEG's blocks
-    sit on a fixed 8×8 grid that a translation-equivariant network cannot see."""
+    extras: tuple[str, ...] = ()
+    """Additions to CDD's network, by name (:data:`~redegrade.model.extras.NAMES`; none is in the paper)."""
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
@@ -89,14 +66,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Inverse of :meth:`to_dict`; unknown keys or bad values raise :class:`ConfigError`."""
-        d = dict(d)
-        # configs written before the noise head's level was always softplus name it; a linear one is gone
-        if d.pop("noise_sigma", "softplus") != "softplus":
-            raise ConfigError("model config: noise_sigma='linear' noise heads are no longer supported; "
-                              "retrain or warm-start (--init) a softplus one")
+        d = legacy.read_flags(d)
         check_keys(cls, d, "model config")
         try:
             kw = {k: tuple(int(i) for i in v) if k in ("widths", "blocks") else v for k, v in d.items()}
+            if "extras" in kw:
+                kw["extras"] = tuple(kw["extras"])
             return cls(**kw)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad model config {d}: {exc}") from exc
@@ -113,8 +88,14 @@ class ModelConfig:
         for k in ("dim_g", "c_l", "map_channels", "enc_width"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
-        if self.noise_code and not self.noise_head:
-            raise ConfigError("noise_code needs noise_head=True")
+        unknown = sorted(set(self.extras) - set(extras.NAMES))
+        if unknown:
+            raise ConfigError(f"unknown model extra(s) {', '.join(unknown)}; known: {', '.join(extras.NAMES)}")
+        for name, needs in extras.NEEDS.items():
+            if name in self.extras and needs not in self.extras:
+                raise ConfigError(f"model extra {name} needs {needs}")
+        # one spelling per set of extras, so that configs compare equal whatever order they were listed in
+        object.__setattr__(self, "extras", tuple(n for n in extras.NAMES if n in self.extras))
         if self.entropy_mlp_layers < 0 or not self.quant_step_l > 0 or not self.quant_step_g > 0:
             raise ConfigError("entropy_mlp_layers must be ≥ 0 and the quantisation steps > 0")
 
@@ -123,21 +104,20 @@ class ModelConfig:
         noise head's three maps."""
         level_of_stage = (0, 1, 2, 1, 0)
         sft = [level_of_stage[s] for s, n in enumerate(self.blocks) for _ in range(2 * n)]
-        return sft + [0, 0, 0] * self.noise_head
+        return sft + [0] * extras.NOISE_HEAD_MAPS * ("noise_head" in self.extras)
 
     def noise_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(h, w) of each noise map for an H×W image, without building the network."""
         return [(height >> lv, width >> lv) for lv in self.noise_levels()]
 
 
+_SMALL_EXTRAS = ("global_residual", "grid_phase", "signatures", "noise_head", "jpeg_head")
 _PRESETS = {
     "paper": ModelConfig(),
-    "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, global_residual=True,
-                         noise_head=True, noise_code=True, jpeg_head=True,
-                         jpeg_signature=True, jpeg_lattice=True, noise_signature=True, grid_phase=True,
+    "small": ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 1, 1, 1), enc_width=16, extras=_SMALL_EXTRAS,
                          quant_step_g=0.1, quant_step_l=0.1),
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
-                        global_residual=True),
+                        extras=("global_residual",)),
 }
 # the FFHQ-X model: the small one with a JPEG head that subsamples chroma as PIL does
-_PRESETS["small-ffhqx"] = dataclasses.replace(_PRESETS["small"], jpeg_subsampling=True)
+_PRESETS["small-ffhqx"] = dataclasses.replace(_PRESETS["small"], extras=(*_SMALL_EXTRAS, "jpeg_420"))

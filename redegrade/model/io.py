@@ -28,6 +28,7 @@ from redegrade.files import atomic_path
 from redegrade.model import cdd_checkpoint
 from redegrade.model.cdd import ARCHITECTURE, CDDConfig, CDDModel
 from redegrade.model.config import ModelConfig
+from redegrade.model.extras import legacy
 from redegrade.model.network import UniversalDegradationModel
 
 CONFIG_NAME = "config.json"
@@ -91,7 +92,7 @@ def read_checkpoint(path: str | os.PathLike, *, cdd_options: Any = None
             cfg = _read_config(json.loads(cfg_file.read_text(encoding="utf-8")), str(cfg_file))
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{cfg_file} is not valid JSON: {exc}") from exc
-        return cfg, _read_safetensors(weights)
+        return cfg, _current_names(cfg, _read_safetensors(weights))
     if not path.is_file():
         raise MissingCheckpointError(f"no redegrader checkpoint at {path} (give a folder with {CONFIG_NAME} + "
                                      f"{WEIGHTS_NAME} or a training checkpoint .pt file)")
@@ -104,7 +105,13 @@ def read_checkpoint(path: str | os.PathLike, *, cdd_options: Any = None
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path} is neither a redegrade training checkpoint (a dict with 'config' and "
                               f"'model') nor a CDD trainer checkpoint ({{'model': {{'netE', 'netG', …}}}}): got {keys}")
-    return _read_config(obj["config"], str(path)), obj["model"]
+    cfg = _read_config(obj["config"], str(path))
+    return cfg, _current_names(cfg, obj["model"])
+
+
+def _current_names(cfg: ModelConfig | CDDConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the parameter names extras had when they were config flags replaced by today's."""
+    return legacy.rename_keys(state) if isinstance(cfg, ModelConfig) and isinstance(state, dict) else state
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -137,7 +144,7 @@ def load_state(path: str | os.PathLike, *, device: str | torch.device = "cpu", c
 
 def warm_start(model: torch.nn.Module, path: str | os.PathLike, *, skip: tuple[str, ...] = ()) -> list[str]:
     """Copy the weights of the checkpoint at ``path`` into ``model`` where names match: a training start
-    from an earlier model whose config differs (e.g. one without ``noise_head`` or ``grid_phase``).
+    from an earlier model whose config differs (e.g. one without the ``noise_head`` or ``grid_phase`` extra).
     Names starting with a prefix in ``skip`` keep their fresh initialisation (to re-train a part that
     has died, e.g. a noise head whose level saturated at zero).
 

@@ -6,6 +6,9 @@
     y ─IDEN─► e_l [B,c_l,H/2,W/2] ──┤               (entropy_l: quantise; rate)
                              concat(e_l, e_g broadcast) ─proj 3×3─► ─ReLU→3×3 (head)─► e [B,8,H/2,W/2]
     x ─────────────────────────────────────────► SynthesisUNet(x, e, n₀…n₃₁) ─► ŷ [B,3,H,W]
+
+Additions to the paper's network (:mod:`redegrade.model.extras`) act around the encoders and the U-Net
+when the config names them.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from redegrade.image import check_image, check_shape
 from redegrade.model.config import ModelConfig
 from redegrade.model.encoders import HDEN, IDEN
 from redegrade.model.entropy import CodeEntropyModel
+from redegrade.model.extras import Extras
 from redegrade.model.layers import PreActConv
 from redegrade.model.synthesis import SynthesisUNet
 
@@ -111,20 +115,20 @@ class UniversalDegradationModel(CodedModel):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = config = config or ModelConfig()
-        self.hden = HDEN(width=config.enc_width, dim_g=config.dim_g, kernel=config.enc_kernel,
-                         signature=config.jpeg_signature, lattice=config.jpeg_lattice,
-                         noise_signature=config.noise_signature)
+        self.hden = HDEN(width=config.enc_width, dim_g=config.dim_g, kernel=config.enc_kernel)
         self.iden = IDEN(width=config.enc_width, c_l=config.c_l, kernel=config.enc_kernel)
         self.entropy_g = CodeEntropyModel(config.dim_g, mlp_layers=config.entropy_mlp_layers, step=config.quant_step_g)
         self.entropy_l = CodeEntropyModel(config.c_l, step=config.quant_step_l)
         self.fusion = MapFusion(config)
-        self.synthesis = SynthesisUNet(config)
+        self.synthesis = SynthesisUNet(config, in_channels=3 + Extras.input_channels_for(config.extras))
+        self.extras = Extras(config.extras, dim_g=config.dim_g, map_channels=config.map_channels,
+                             features=config.widths[0])
 
     # -- encoders ---------------------------------------------------------------------------------
     def encode(self, y: torch.Tensor) -> DegradationCode:
         """y [B,3,H,W] → DegradationCode(e_g [B,dim_g], e_l [B,c_l,H/2,W/2] in [0,1])."""
         check_image(y, "observation", multiple_of=MULTIPLE)
-        return DegradationCode(self.hden(y), self.iden(y))
+        return DegradationCode(self.extras.global_code(self.hden(y), y), self.iden(y))
 
     def degradation_map(self, code: DegradationCode) -> torch.Tensor:
         """The fused map e [B, map_channels, H/2, W/2] that conditions every SFT layer."""
@@ -134,8 +138,8 @@ class UniversalDegradationModel(CodedModel):
     # -- noise ------------------------------------------------------------------------------------
     @property
     def num_noise(self) -> int:
-        """Number of noise maps (one per SFT layer; 32 for the paper preset)."""
-        return self.synthesis.num_noise
+        """Number of noise maps (one per SFT layer, 32 for the paper preset, then the extras' maps)."""
+        return self.synthesis.num_noise + self.extras.num_noise
 
     def noise_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(h, w) of each noise map for an H×W image."""
@@ -162,17 +166,26 @@ class UniversalDegradationModel(CodedModel):
         activations (same values and gradients; see :func:`~redegrade.model.synthesis.run_block`).
         """
         self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)
-        return self.synthesis(x, self.fusion(code), noise, code.e_g, checkpoint=checkpoint)
+        return self._synthesize(x, code, noise, checkpoint=checkpoint)
 
     def synthesize_with_heads(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
                               fixed_jpeg_steps: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:meth:`synthesize` for training: ŷ and what its heads decided (``noise_std``,
-        ``jpeg_multipliers``; see :class:`~redegrade.model.synthesis.SynthesisUNet`), which the label
-        losses supervise. With ``fixed_jpeg_steps`` ŷ's gradient does not reach the JPEG steps."""
+        ``jpeg_multipliers``; see :meth:`Extras.finish <redegrade.model.extras.Extras.finish>`), which the
+        label losses supervise. With ``fixed_jpeg_steps`` ŷ's gradient does not reach the JPEG steps."""
         self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)
         heads: dict[str, torch.Tensor] = {}
-        y_hat = self.synthesis(x, self.fusion(code), noise, code.e_g, heads=heads, fixed_jpeg_steps=fixed_jpeg_steps)
+        y_hat = self._synthesize(x, code, noise, heads=heads, fixed_jpeg_steps=fixed_jpeg_steps)
         return y_hat, heads
+
+    def _synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
+                    checkpoint: bool = False, heads: dict[str, torch.Tensor] | None = None,
+                    fixed_jpeg_steps: bool = False) -> torch.Tensor:
+        e = self.fusion(code)
+        k = self.synthesis.num_noise
+        feat = self.synthesis.features(self.extras.synthesis_input(x), e, noise[:k], checkpoint=checkpoint)
+        return self.extras.finish(self.synthesis.conv_last(feat), x, feat, e, code.e_g, noise[k:], heads=heads,
+                                  fixed_jpeg_steps=fixed_jpeg_steps)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """Same as :meth:`synthesize`."""

@@ -80,7 +80,7 @@ D = TrainConfig()
                    "training computes codes as inference does (for fine-tunes of a trained model).")
 @click.option("--train-only", default=D.train_only,
               help="Comma-separated parameter-name prefixes to train, the rest frozen (e.g. "
-                   "'hden.jpeg,synthesis.jpeg_head' grafts the JPEG parts onto a trained model); default all. The "
+                   "'extras.signatures,extras.jpeg_head' grafts the JPEG parts onto a trained model); default all. The "
                    "rest keeps what it computed: its entropy quantiles and (with --freeze-bn) BatchNorm "
                    "statistics stay as --init had them.")
 @click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
@@ -88,7 +88,7 @@ D = TrainConfig()
                    "match are copied, new input channels start at zero, new layers fresh.")
 @click.option("--init-skip", default=D.init_skip,
               help="Comma-separated parameter-name prefixes that --init leaves at their fresh initialisation "
-                   "(e.g. 'synthesis.noise_head' re-grows a noise head whose level had saturated at zero).")
+                   "(e.g. 'extras.noise_head' re-grows a noise head whose level had saturated at zero).")
 @click.option("--lambda-color", type=float, default=D.lambda_color, help="Weight of the blurred-colour L1 (rgbn).")
 @click.option("--lambda-diver", type=float, default=D.lambda_diver, help="Weight of the SSIM diversity loss (0 = off).")
 @click.option("--lambda-contra", type=float, default=D.lambda_contra, help="Weight of the MoCo loss on e_g (0 = off).")

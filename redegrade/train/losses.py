@@ -310,7 +310,7 @@ NOISE_LOG_OFFSET = 0.005
 
 def noise_level_loss(sigma: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Squared difference of log(s + ε) between a noise head's mean output std per sample (``sigma``
-    ``[B,3,H,W]``, ``[-1,1]`` units, :meth:`NoiseHead.output_std`) and the Gaussian noise each sample's
+    ``[B,3,H,W]``, ``[-1,1]`` units, :meth:`~redegrade.model.extras.noise_head.NoiseHead.output_std`) and the Gaussian noise each sample's
     target carries (``std`` ``[B]``, ``[0,1]`` units, 0 for none), averaged; ε = :data:`NOISE_LOG_OFFSET`.
 
     Why: in the WQI mix most noise is JPEG-compressed afterwards, where rounding passes the head no
