@@ -104,8 +104,8 @@ class Redegrader(ForwardModel):
         — ``wqi``.
 
         ``cdd_options`` (a dict, a JSON/YAML file such as CDD's training config, or
-        :class:`~redegrade.model.cdd_checkpoint.CDDOptions`) says what a CDD checkpoint cannot: see
-        :mod:`redegrade.model.cdd_checkpoint`. A converted CDD model gives CDD's outputs: its
+        :class:`~redegrade.model.cdd.options.CDDOptions`) says what a CDD checkpoint cannot: see
+        :mod:`redegrade.model.cdd.checkpoint`. A converted CDD model gives CDD's outputs: its
         :meth:`synthesize` takes x in [-1, 1] and applies CDD's ``2x−1`` itself.
         """
         record = None
@@ -123,8 +123,8 @@ class Redegrader(ForwardModel):
 
                 path = resolve(str(name_or_path))
                 ckpt = REGISTRY.get(str(name_or_path))
-                if ckpt is not None and ckpt.loader == "redegrade.model.cdd_checkpoint.load_cdd":
-                    from redegrade.model.cdd_checkpoint import CDDOptions
+                if ckpt is not None and ckpt.loader == "redegrade.model.cdd.checkpoint.load_cdd":
+                    from redegrade.model.cdd.options import CDDOptions
 
                     cdd_options = CDDOptions.read(dict(ckpt.options)).updated(CDDOptions.read(cdd_options))
                     record = ckpt

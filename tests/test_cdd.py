@@ -14,7 +14,8 @@ import cdd_reference as ref
 from redegrade.errors import CheckpointError, MissingCheckpointError, ShapeError
 from redegrade.model import DegradationCode
 from redegrade.model.cdd import CDDConfig, CDDModel
-from redegrade.model.cdd_checkpoint import CDDOptions, cdd_key
+from redegrade.model.cdd.keys import cdd_key
+from redegrade.model.cdd.options import CDDOptions
 from redegrade.redegrader import Redegrader
 from redegrade.weights import REGISTRY, cache_path
 from redegrade.weights.__main__ import main as weights_cli
@@ -277,7 +278,7 @@ def test_gradients_reach_x_and_every_variable(red):
 @pytest.fixture(scope="module")
 def converted(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("converted") / "cdd_model"
-    from redegrade.model.cdd_checkpoint import convert
+    from redegrade.model.cdd.checkpoint import convert
 
     return convert(ckpt[0], out)
 
@@ -340,7 +341,7 @@ def test_registry_names_cdds_models_for_download_by_hand(ckpt):
         c = REGISTRY[name]
         assert c.url == "https://ivc.uwaterloo.ca/projects/content-degradation-disentanglement/"
         assert c.manual and c.sha256 is None and c.licence.startswith("none published")
-        assert c.loader == "redegrade.model.cdd_checkpoint.load_cdd"
+        assert c.loader == "redegrade.model.cdd.checkpoint.load_cdd"
         with pytest.raises(MissingCheckpointError) as err:
             Redegrader.from_pretrained(name)
         msg = str(err.value)

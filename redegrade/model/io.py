@@ -8,7 +8,7 @@ Three on-disk forms, all read by :func:`load_state`:
 - a training checkpoint file: ``torch.save({"config": cfg.to_dict(), "model": model.state_dict(), ...})``
   (other keys such as optimiser state or step are ignored), read with ``weights_only=True``;
 - a CDD trainer checkpoint (``{'model': {'netE', …}, 'epoch', 'global_step'}``), converted on the fly by
-  :mod:`redegrade.model.cdd_checkpoint` into a :class:`~redegrade.model.cdd.CDDModel`.
+  :mod:`redegrade.model.cdd.checkpoint` into a :class:`~redegrade.model.cdd.CDDModel`.
 
 Loading is strict: missing, unexpected or mis-shaped keys raise :class:`CheckpointError` naming them.
 compressai's entropy-coder tables (``_offset``, ``_quantized_cdf``, ``_cdf_length``) are never saved or
@@ -25,7 +25,7 @@ import torch
 
 from redegrade.errors import CheckpointError, ConfigError, MissingCheckpointError
 from redegrade.files import atomic_path
-from redegrade.model import cdd_checkpoint
+from redegrade.model.cdd import checkpoint as cdd_checkpoint
 from redegrade.model.cdd import ARCHITECTURE, CDDConfig, CDDModel
 from redegrade.model.config import ModelConfig
 from redegrade.model.extras import legacy
@@ -80,7 +80,7 @@ def _read_config(d: Any, source: str) -> ModelConfig | CDDConfig:
 def read_checkpoint(path: str | os.PathLike, *, cdd_options: Any = None
                     ) -> tuple[ModelConfig | CDDConfig, dict[str, torch.Tensor]]:
     """(config, state dict) from a pretrained folder, a training checkpoint file or a CDD trainer
-    checkpoint (``cdd_options``: what such a file cannot say, see :class:`~redegrade.model.cdd_checkpoint.CDDOptions`)."""
+    checkpoint (``cdd_options``: what such a file cannot say, see :class:`~redegrade.model.cdd.options.CDDOptions`)."""
     path = Path(path).expanduser()
     if path.is_dir():
         cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME

@@ -110,8 +110,8 @@ def convert(args: tuple[str, ...], fmt: str, cdd_config: Path | None, compress_g
         from redegrade_adm import convert_checkpoint
         convert_checkpoint(src, dst)
     else:
-        from redegrade.model.cdd_checkpoint import CDDOptions
-        from redegrade.model.cdd_checkpoint import convert as convert_cdd
+        from redegrade.model.cdd.options import CDDOptions
+        from redegrade.model.cdd.checkpoint import convert as convert_cdd
 
         base = dict(REGISTRY[args[0]].options) if args[0] in REGISTRY else None
         flags = CDDOptions(compress_g=compress_g, compress_l=compress_l, local_encoder=local_encoder)
@@ -137,7 +137,7 @@ def _sniff(src: Path) -> str | None:
         return "stylegan2"
     import torch
 
-    from redegrade.model.cdd_checkpoint import is_cdd_checkpoint
+    from redegrade.model.cdd.checkpoint import is_cdd_checkpoint
 
     try:  # memory-mapped where it is a zip archive: only the layout is looked at
         obj = torch.load(src, map_location="cpu", weights_only=True, mmap=zipped)

@@ -32,7 +32,7 @@ _NV = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained"
 _CDD_PAGE = "https://ivc.uwaterloo.ca/projects/content-degradation-disentanglement/"
 _CDD_LICENCE = ("none published (CDD's README lists the licence as TODO; its model/vunet_conv.py is excluded "
                 "from any future licence): ask the authors before redistributing")
-_CDD_LOADER = "redegrade.model.cdd_checkpoint.load_cdd"
+_CDD_LOADER = "redegrade.model.cdd.checkpoint.load_cdd"
 
 
 def _cdd_manual(which: str) -> str:
