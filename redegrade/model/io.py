@@ -25,8 +25,8 @@ import torch
 
 from redegrade.errors import CheckpointError, ConfigError, MissingCheckpointError
 from redegrade.files import atomic_path
-from redegrade.model.cdd import checkpoint as cdd_checkpoint
 from redegrade.model.cdd import ARCHITECTURE, CDDConfig, CDDModel
+from redegrade.model.cdd import checkpoint as cdd_checkpoint
 from redegrade.model.config import ModelConfig
 from redegrade.model.extras import legacy
 from redegrade.model.network import UniversalDegradationModel
