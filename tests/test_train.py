@@ -9,10 +9,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from redegrade.image import save_image
+from redegrade.train import gan, similarity
 from redegrade.train import losses as L
 from redegrade.train.__main__ import main as train_cli
+from redegrade.train.config import TrainConfig
 from redegrade.train.data import PairSampler, synthetic_images
-from redegrade.train.loop import CHECKPOINT, LOG_FILE, TrainConfig, Trainer, build_model, load_checkpoint, train
+from redegrade.train.loop import CHECKPOINT, LOG_FILE, build_model, load_checkpoint, train
+from redegrade.train.trainer import Trainer
 
 
 def _photo(size: int = 64) -> torch.Tensor:
@@ -33,21 +36,21 @@ def test_stats_loss_compares_distributions_not_pixels():
     g = torch.Generator().manual_seed(0)
     n1, n2 = (torch.randn(x.shape, generator=g) * 0.1 for _ in range(2))
     blurred = L.gaussian_blur(x, 7, 2.0)
-    stats, l1 = L.StatsLoss(), L.L1Loss()
+    stats, l1 = similarity.StatsLoss(), similarity.L1Loss()
     same_dist = stats(x + n1, x + n2)
     assert same_dist < 0.5 * stats(x + n1, x)
     assert same_dist < 0.1 * stats(x, blurred)
     assert float(stats(x, x)) == pytest.approx(0.0, abs=1e-6)
     assert l1(x + n1, x + n2) > l1(x + n1, x)  # why pixel losses cannot train noise transfer
-    gram = L.GramLoss()
+    gram = similarity.GramLoss()
     assert gram(x + n1, x + n2) < 0.5 * gram(x + n1, x)
 
 
 def test_stats_loss_is_fixed_by_its_seed():
     x = _photo(32)
     y = x + 0.05
-    assert float(L.StatsLoss(seed=3)(x, y)) == float(L.StatsLoss(seed=3)(x, y))
-    assert float(L.StatsLoss(seed=3)(x, y)) != float(L.StatsLoss(seed=4)(x, y))
+    assert float(similarity.StatsLoss(seed=3)(x, y)) == float(similarity.StatsLoss(seed=3)(x, y))
+    assert float(similarity.StatsLoss(seed=3)(x, y)) != float(similarity.StatsLoss(seed=4)(x, y))
 
 
 def test_diversity_loss_rewards_different_random_states():
@@ -115,9 +118,9 @@ def test_contrastive_loss_prefers_matching_keys():
 
 
 def test_wgan_gp_critic_loss_is_finite_and_differentiable():
-    c = L.Critic(ndf=4)
+    c = gan.Critic(ndf=4)
     x = _photo(32)
-    loss = L.critic_loss(c, x, x, x + 0.1, generator=torch.Generator().manual_seed(0))
+    loss = gan.critic_loss(c, x, x, x + 0.1, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in c.parameters())
 
@@ -126,7 +129,7 @@ def test_unknown_perceptual_loss_is_a_config_error():
     from redegrade.errors import ConfigError
 
     with pytest.raises(ConfigError, match="stats"):
-        L.perceptual("dists")
+        similarity.perceptual("dists")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -162,7 +165,7 @@ def test_sampler_for_builds_the_wqi_mix_the_config_records(tmp_path):
 
 
 def test_recalibrated_frozen_batch_norm_gives_training_the_codes_inference_gets():
-    from redegrade.train.loop import freeze_bn, recalibrate_bn
+    from redegrade.train.batchnorm import freeze_bn, recalibrate_bn
 
     s = PairSampler(synthetic_images(4, 64, seed=0), crop=32, batch=4, seed=0)
     m = build_model("tiny")

@@ -9,8 +9,9 @@ import torch
 
 from redegrade.cli import setup_logging, user_errors
 from redegrade.settings import resolve_device
-from redegrade.train.loop import MIXES, TrainConfig, sampler_for, train
-from redegrade.train.losses import PERCEPTUAL
+from redegrade.train.config import MIXES, TrainConfig
+from redegrade.train.loop import sampler_for, train
+from redegrade.train.similarity import PERCEPTUAL
 
 log = logging.getLogger("redegrade.train")
 D = TrainConfig()

@@ -2,22 +2,17 @@
 
 Every loss takes and compares images in ``[-1,1]`` ``[B,3,H,W]`` and returns a scalar.
 
-* ``stats`` — the offline default perceptual loss: statistics of a FIXED, seeded random filter bank
-  at several scales, compared DISTS-style (means and standard deviations over local windows). It
-  compares distributions, not pixels, so a re-degraded image whose noise has a different random
-  state is not punished (seed 001 §1.2); no pretrained backbone is needed.
-* ``gram`` — the same filter bank compared through per-scale Gram matrices (global texture statistics).
-* ``lpips`` — the ``lpips`` package's VGG LPIPS (needs torchvision's ImageNet VGG16 weights).
-* ``l1`` — plain pixel L1 (punishes a different noise random state; kept as a baseline).
+* the similarity d(y, ŷ) by name — :mod:`redegrade.train.similarity`;
 * :class:`GridLoss` — how edge strength varies across JPEG's 8×8 block grid (blocking), which the
-  windowed statistics above average away.
+  windowed statistics of the similarity losses average away.
 * :class:`QualityLoss` — the three no-reference statistics transfer is judged by (noise level, sharpness,
   blockiness; :mod:`redegrade.quality`), matched per image on a log scale. They are first order in
   an added noise's amplitude where the similarity losses are second order (see the class).
 * :func:`residual_distribution_loss` — the distribution of y − x against that of ŷ − x (1-D Wasserstein
   per image and channel), so the model renders a degradation's randomness at its true strength.
-* :func:`color_loss` (``rgbn``), :func:`diversity_loss`, :func:`contrastive_loss`, the WGAN-GP pair
-  :func:`critic_loss` / :func:`generator_gan_loss`.
+* :func:`color_loss` (``rgbn``), :func:`diversity_loss`, :func:`contrastive_loss`, :func:`rate_per_position`;
+* the heads' labels: :func:`jpeg_step_loss`, :func:`noise_level_loss`;
+* the WGAN-GP pair — :mod:`redegrade.train.gan`.
 """
 from __future__ import annotations
 
@@ -25,12 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from redegrade.errors import ConfigError, ShapeError
+from redegrade.errors import ShapeError
 from redegrade.pixels.scale import to_unit
 from redegrade.pixels.stats import haar_hh
 from redegrade.quality import blockiness, sharpness
-
-PERCEPTUAL = ("stats", "gram", "lpips", "l1", "msl1")
 
 
 def _gaussian_kernel1d(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -61,7 +54,7 @@ def gaussian_blur(x: torch.Tensor, size: int, sigma: float, *, mode: str = "refl
 
 def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, kernel: int = 45, sigma: float = 50.0) -> torch.Tensor:
     """``rgbn`` colour loss: to [0,1], per-image min-max normalise, Gaussian blur (45, σ=50, reflect), L1."""
-    _check_pair(y, y_hat)
+    check_pair(y, y_hat)
 
     def norm(t: torch.Tensor) -> torch.Tensor:
         t = (t + 1) / 2
@@ -82,8 +75,8 @@ def residual_distribution_loss(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Te
     into x. Sorted residuals compare distributions, not positions, so a right noise with another random
     state costs nothing, and too little noise (or too few dropped pixels) costs in proportion.
     """
-    _check_pair(y, y_hat)
-    _check_pair(x, y)
+    check_pair(y, y_hat)
+    check_pair(x, y)
     r = (y - x).flatten(2).sort(dim=-1).values
     r_hat = (y_hat - x).flatten(2).sort(dim=-1).values
     return (r - r_hat).abs().mean()
@@ -97,7 +90,7 @@ def diversity_loss(a: torch.Tensor, b: torch.Tensor, *, c2: float = 0.12, window
     as given. It is 1 for identical samples and falls as the two random states decorrelate, so
     minimising it keeps the synthesis from ignoring its noise input.
     """
-    _check_pair(a, b)
+    check_pair(a, b)
     blur = lambda t: gaussian_blur(t, window, sigma)  # noqa: E731
     mu_a, mu_b = blur(a), blur(b)
     s_aa = (blur(a * a) - mu_a ** 2).clamp_min(0)
@@ -120,96 +113,6 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, *, t
 def rate_per_position(bits: torch.Tensor, positions: int = 1) -> torch.Tensor:
     """Mean bits per code position (e_g: one position per image; e_l: H/2·W/2 positions)."""
     return bits.float().mean() / positions
-
-
-class FilterBank(nn.Module):
-    """A fixed, seeded bank of zero-mean random filters applied at several scales.
-
-    Features per scale: the image itself (mapped to [0,1], so colour and brightness count) and the
-    rectified responses ``|w * x|`` of ``channels`` random ``kernel``×``kernel`` filters. Zero-mean
-    filters respond to structure (edges, noise, blockiness) rather than brightness; rectification
-    makes the local mean of a response its energy, which blur lowers and noise raises.
-    """
-
-    def __init__(self, channels: int = 24, kernel: int = 5, scales: int = 4, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        w = torch.randn(scales, channels, 3, kernel, kernel, generator=g)
-        w = w - w.mean(dim=(2, 3, 4), keepdim=True)
-        w = w / w.flatten(2).norm(dim=2).view(scales, channels, 1, 1, 1)
-        self.register_buffer("weight", w, persistent=False)
-        self.scales = scales
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for s in range(self.scales):
-            if s:
-                if min(x.shape[-2:]) < 2 * self.weight.shape[-1]:
-                    break
-                x = F.avg_pool2d(x, 2)
-            r = F.conv2d(x, self.weight[s].to(x), padding=self.weight.shape[-1] // 2)
-            feats.append(torch.cat([(x + 1) / 2, r.abs()], dim=1))
-        return feats
-
-
-class StatsLoss(nn.Module):
-    """DISTS-style comparison of filter-bank statistics over local windows (weight-free).
-
-    For every feature channel and ``window``×``window`` cell: a mean term
-    ``(2μ_yμ_ŷ + c)/(μ_y² + μ_ŷ² + c)`` and a spread term ``(2σ_yσ_ŷ + c)/(σ_y² + σ_ŷ² + c)``;
-    ``cov_weight`` adds DISTS's structure term ``(2σ_yŷ + c)/(σ_y² + σ_ŷ² + c)``, which is sensitive to
-    the noise's random state and therefore off by default. Loss = ``scale``·(1 − mean similarity), 0
-    when equal; ``scale`` = 10 puts visible distortions at ≈0.1–0.5, DISTS's range, so CDD's loss
-    weights carry over.
-    """
-
-    def __init__(self, *, channels: int = 24, kernel: int = 5, scales: int = 4, window: int = 8,
-                 cov_weight: float = 0.0, c: float = 1e-4, scale: float = 10.0, seed: int = 0):
-        super().__init__()
-        self.bank = FilterBank(channels, kernel, scales, seed)
-        self.window, self.cov_weight, self.c, self.scale = window, cov_weight, c, scale
-
-    def _pool(self, t: torch.Tensor) -> torch.Tensor:
-        w = min(self.window, *t.shape[-2:])
-        return F.avg_pool2d(t, w, stride=max(1, w // 2), ceil_mode=True) if w > 1 else t
-
-    def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
-        _check_pair(y, y_hat)
-        c = self.c
-        total = y.new_zeros(())
-        fy, fh = self.bank(y), self.bank(y_hat)
-        for a, b in zip(fy, fh):
-            mu_a, mu_b = self._pool(a), self._pool(b)
-            var_a = (self._pool(a * a) - mu_a ** 2).clamp_min(0)
-            var_b = (self._pool(b * b) - mu_b ** 2).clamp_min(0)
-            sd_a, sd_b = (var_a + 1e-12).sqrt(), (var_b + 1e-12).sqrt()
-            mean_sim = (2 * mu_a * mu_b + c) / (mu_a ** 2 + mu_b ** 2 + c)
-            spread_sim = (2 * sd_a * sd_b + c) / (var_a + var_b + c)
-            sim = (mean_sim + spread_sim) / 2
-            if self.cov_weight:
-                cov = self._pool(a * b) - mu_a * mu_b
-                struct = (2 * cov + c) / (var_a + var_b + c)
-                sim = (sim + self.cov_weight * struct) / (1 + self.cov_weight)
-            total = total + (1 - sim).mean()
-        return self.scale * total / len(fy)
-
-
-class GramLoss(nn.Module):
-    """Per-scale Gram matrices of the filter-bank features, compared by a relative L1 distance."""
-
-    def __init__(self, *, channels: int = 24, kernel: int = 5, scales: int = 4, seed: int = 0):
-        super().__init__()
-        self.bank = FilterBank(channels, kernel, scales, seed)
-
-    def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
-        _check_pair(y, y_hat)
-        total = y.new_zeros(())
-        fy, fh = self.bank(y), self.bank(y_hat)
-        for a, b in zip(fy, fh):
-            ga = torch.einsum("bchw,bdhw->bcd", a, a) / a[0, 0].numel()
-            gb = torch.einsum("bchw,bdhw->bcd", b, b) / b[0, 0].numel()
-            total = total + (ga - gb).abs().mean() / (ga.abs().mean() + 1e-3)
-        return total / len(fy)
 
 
 class GridLoss(nn.Module):
@@ -241,7 +144,7 @@ class GridLoss(nn.Module):
         return lg - lg.mean(dim=2, keepdim=True)
 
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
-        _check_pair(y, y_hat)
+        check_pair(y, y_hat)
         return self.scale * (self.pattern(y) - self.pattern(y_hat)).pow(2).mean()
 
 
@@ -270,7 +173,7 @@ class QualityLoss(nn.Module):
 
     def terms(self, y: torch.Tensor, y_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three squared log-ratios, each averaged over the batch."""
-        _check_pair(y, y_hat)
+        check_pair(y, y_hat)
         out = {}
         for name, stat in (("noise", self.noise), ("sharpness", sharpness),
                            ("blockiness", lambda t: blockiness(t, any_phase=False))):
@@ -326,92 +229,12 @@ def noise_level_loss(sigma: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return ((got + NOISE_LOG_OFFSET).log() - (want + NOISE_LOG_OFFSET).log()).square().mean()
 
 
-class L1Loss(nn.Module):
-    def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
-        _check_pair(y, y_hat)
-        return (y - y_hat).abs().mean()
-
-
-class LpipsLoss(nn.Module):
-    """VGG LPIPS from ``redegrade.objective.lpips_vgg`` (frozen; ``[-1,1]`` inputs)."""
-
-    def __init__(self, *, pretrained_backbone: bool = True):
-        super().__init__()
-        from redegrade.objective import lpips_vgg
-
-        self.net = lpips_vgg(pretrained_backbone=pretrained_backbone)
-
-    def forward(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
-        _check_pair(y, y_hat)
-        return self.net(y_hat, y).mean()
-
-
-def perceptual(name: str, *, pretrained_backbone: bool = True, seed: int = 0) -> nn.Module:
-    """Build the similarity loss ``d(y, ŷ)``: ``stats`` (default offline), ``gram``, ``lpips``, ``l1`` or
-    ``msl1`` (the multiscale L1 objective of ``restore --loss l1``)."""
-    if name == "stats":
-        return StatsLoss(seed=seed)
-    if name == "gram":
-        return GramLoss(seed=seed)
-    if name == "lpips":
-        return LpipsLoss(pretrained_backbone=pretrained_backbone)
-    if name == "l1":
-        return L1Loss()
-    if name == "msl1":
-        from redegrade.objective import build
-
-        return build("l1")  # the inversion's own multiscale L1: the model becomes its best predictor of y
-    raise ConfigError(f"unknown perceptual loss {name!r}; choose one of {', '.join(PERCEPTUAL)}")
-
-
-class Critic(nn.Module):
-    """WGAN critic on (x, y) pairs, after the paper's ``DiscriminatorLinear`` (conditioned variant).
-
-    Strided 4×4 convs (3×3 stride 1 once the map is small) with widths ndf·{1,2,4,8}, then a global
-    average and a linear head; no normalisation (WGAN-GP penalises per-sample gradients).
-    """
-
-    def __init__(self, ndf: int = 32, in_chn: int = 6, depth: int = 4):
-        super().__init__()
-        layers: list[nn.Module] = []
-        c = in_chn
-        for i in range(depth):
-            out = ndf * 2 ** i
-            layers += [nn.Conv2d(c, out, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
-            c = out
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(c, 1, bias=False)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.body(torch.cat([x, y], dim=1))
-        return self.head(h.mean(dim=(2, 3))).squeeze(1)
-
-
-def critic_loss(critic: Critic, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, *,
-                gp_weight: float = 10.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """WGAN-GP critic loss ``D(fake) − D(real) + λ_gp (‖∇D(interp)‖ − 1)²`` (fake is detached)."""
-    fake = fake.detach()
-    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device="cpu").to(real)
-    interp = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    d_interp = critic(x, interp)
-    grad, = torch.autograd.grad(d_interp.sum(), interp, create_graph=True)
-    gp = (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
-    return critic(x, fake).mean() - critic(x, real).mean() + gp_weight * gp
-
-
-def generator_gan_loss(critic: Critic, x: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """The synthesis network's adversarial term ``−mean D(fake)``."""
-    return -critic(x, fake).mean()
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+def check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Raise :class:`ShapeError` unless ``a`` and ``b`` are [B,C,H,W] images of one shape."""
     if a.shape != b.shape or a.dim() != 4:
         raise ShapeError(f"losses compare two [B,C,H,W] images of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
-__all__ = ["PERCEPTUAL", "gaussian_blur", "color_loss", "diversity_loss", "contrastive_loss", "rate_per_position",
-           "FilterBank", "StatsLoss", "GramLoss", "GridLoss", "QualityLoss", "L1Loss", "LpipsLoss", "perceptual", "Critic",
-           "critic_loss", "generator_gan_loss"]
+__all__ = ["gaussian_blur", "color_loss", "residual_distribution_loss", "diversity_loss", "contrastive_loss",
+           "rate_per_position", "GridLoss", "QualityLoss", "libjpeg_scale", "jpeg_step_loss", "noise_level_loss",
+           "check_pair"]
