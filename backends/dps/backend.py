@@ -14,8 +14,7 @@ from redegrade.forward import ForwardModel
 from redegrade.image import check_image
 from redegrade_dps.config import DPSConfig
 from redegrade_dps.models import EpsModel, _is_adm, as_eps_model, load_eps_model
-from redegrade_dps.sampler import (EarlyExit, Schedule, ancestral_step, guidance_step, log_variance, predict_x0,
-                                   respace)
+from redegrade_dps.sampler import DPSStep, EarlyExit, Schedule, respace, sample_dps
 
 log = logging.getLogger(__name__)
 PHASE = "dps"
@@ -139,8 +138,7 @@ class DPS(Backend):
 
         # 2. initial noise (CPU generator, so a seed gives the same sample on any device)
         gen = settings.generator(cfg.seed)
-        x = torch.randn(1, 3, res, res, generator=gen).to(device)
-        x_T = x.detach().cpu()
+        x_T = torch.randn(1, 3, res, res, generator=gen)
         # the window is a fraction of the schedule, so a respaced run judges the same stretch of t
         window = max(1, round(cfg.early_exit_window * n_steps))
         exit_rule = EarlyExit(window, cfg.early_exit_tol, min_steps=int(cfg.early_exit_after * n_steps),
@@ -148,58 +146,45 @@ class DPS(Backend):
         keep = {max(1, round(n_steps * (k + 1) / (cfg.snapshots + 1))) for k in range(cfg.snapshots)}
         history: list[StepInfo] = []
         phases: dict[str, torch.Tensor] = {}
-        nfe, exit_step, x0 = 0, None, None
+        done = {"nfe": 0, "exit_step": None}
 
-        # 3. the loop, t = T−1 … 0 (k counts steps from 1)
-        for k, i in enumerate(reversed(range(n_steps)), start=1):
-            t = schedule.timesteps[i]
-            need_x_grad = zeta > 0
-            step_vars = fit_vars and k > start
-            x_t = x.detach().requires_grad_(need_x_grad)
-            with torch.set_grad_enabled(need_x_grad or step_vars):
-                with torch.set_grad_enabled(need_x_grad):
-                    eps, v = model(x_t, t)
-                    nfe += 1
-                    x0 = predict_x0(x_t, eps, float(schedule.alphas_cumprod[i]), clip=sched_train.clip_sample)
-                y_hat = forward_model(x0)
-                residual = torch.linalg.norm(y - y_hat)        # DPS: ‖y − A(x̂₀)‖₂, not squared
-                grad_x = None
-                if step_vars:
-                    assert optimiser is not None and var_loss is not None
-                    vl = residual if cfg.variables_loss == "norm" else var_loss(y, y_hat, mask)
-                    grads = torch.autograd.grad(vl, variables, retain_graph=need_x_grad, allow_unused=True)
-                    for p, g in zip(variables, grads):
-                        p.grad = g
-                if need_x_grad:
-                    (grad_x,) = torch.autograd.grad(residual, x_t)
+        def measure(x0: torch.Tensor, fit: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            y_hat = forward_model(x0)
+            residual = torch.linalg.norm(y - y_hat)        # DPS: ‖y − A(x̂₀)‖₂, not squared
+            if not fit:
+                return residual, None
+            return residual, residual if cfg.variables_loss == "norm" else var_loss(y, y_hat, mask)
+
+        def callback(step: DPSStep) -> bool:
+            done["nfe"] = step.k
             lr = None
-            if step_vars:
-                assert optimiser is not None
-                lr = cfg.variables_lr * 0.5 * (1 + math.cos(math.pi * (k - start - 1) / max(1, n_steps - start)))
+            if fit_vars and step.k > start:
+                lr = cfg.variables_lr * 0.5 * (1 + math.cos(math.pi * (step.k - start - 1) / max(1, n_steps - start)))
                 for group in optimiser.param_groups:
                     group["lr"] = lr
                 optimiser.step()
                 optimiser.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                x0 = x0.detach()
-                lv = log_variance(schedule, i, sched_train.variance_type, None if v is None else v.detach())
-                noise = torch.randn(x.shape, generator=gen).to(device) if i > 0 else torch.zeros_like(x)
-                x = guidance_step(ancestral_step(schedule, i, x0, x_t.detach(), lv, noise), grad_x, zeta)
-            info = StepInfo(PHASE, k, n_steps, float(residual.detach()), lr)
+            info = StepInfo(PHASE, step.k, n_steps, float(step.residual), lr)
             history.append(info)
             if progress is not None:
                 progress(info)
-            if k in keep:
-                phases[f"x0_t{t}"] = x0.cpu()
-            if exit_rule is not None and i > 0 and exit_rule.update(info.loss, x0):
-                exit_step = k
+            if step.k in keep:
+                phases[f"x0_t{step.t}"] = step.x0.cpu()
+            if exit_rule is not None and step.i > 0 and exit_rule.update(info.loss, step.x0):
+                done["exit_step"] = step.k
                 log.info("early exit after %d of %d steps: over the last %d steps ‖y − A(x̂₀)‖ improved by < %.3g%% "
-                         "and x̂₀ moved by %.3g%%", k, n_steps, window, 100 * cfg.early_exit_tol,
+                         "and x̂₀ moved by %.3g%%", step.k, n_steps, window, 100 * cfg.early_exit_tol,
                          100 * (exit_rule.x0_change or 0.0))
-                break
+                return True
+            return False
+
+        # 3. the loop, t = T−1 … 0
+        sample = sample_dps(model, x_T.to(device), schedule, measure, zeta=zeta, generator=gen,
+                            variables=variables if fit_vars else (), variables_after=start, callback=callback)
+        nfe, exit_step = done["nfe"], done["exit_step"]
 
         # 4. result: the final sample, or x̂₀ where the sampler stopped early
-        image = (x0 if exit_step is not None else x).detach().clamp(-1, 1)
+        image = sample.detach().clamp(-1, 1)
         with torch.no_grad():
             redegraded = forward_model(image)
         state = {name: p.detach().cpu() for name, p in forward_model.named_variables().items()}

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from redegrade.errors import ConfigError
+
+if TYPE_CHECKING:
+    from redegrade_dps.models import EpsModel
 
 SPACINGS = ("even", "strided")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
@@ -111,6 +116,72 @@ def ancestral_step(schedule: Schedule, i: int, x0: torch.Tensor, x_t: torch.Tens
 def guidance_step(x_prev: torch.Tensor, grad: torch.Tensor | None, zeta: float) -> torch.Tensor:
     """DPS's correction ``x_{t−1} = x'_{t−1} − ζ·∇_{x_t}‖y − A(x̂₀)‖`` (the raw, unnormalised gradient)."""
     return x_prev if grad is None or zeta == 0 else x_prev - zeta * grad
+
+
+@dataclass(frozen=True)
+class DPSStep:
+    """What :func:`sample_dps` tells its callback after each step."""
+
+    k: int
+    """Steps done, 1 … len(schedule)."""
+    i: int
+    """Schedule index of the step just taken (len(schedule) − 1 … 0; 0 is the last)."""
+    t: int
+    """Its training timestep."""
+    x: torch.Tensor
+    """x_{t−1}, the sample after the step (detached)."""
+    x0: torch.Tensor
+    """x̂₀ predicted at x_t (detached)."""
+    residual: torch.Tensor
+    """‖y − A(x̂₀)‖ as ``measure`` returned it (0-dim, detached, on the sample's device)."""
+
+
+#: ``measure(x̂₀, fit)`` → (‖y − A(x̂₀)‖, the loss the forward model's variables descend when ``fit``, else None).
+Measure = Callable[[torch.Tensor, bool], tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+def sample_dps(model: EpsModel, x: torch.Tensor, schedule: Schedule, measure: Measure, *, zeta: float,
+               generator: torch.Generator, variables: Sequence[torch.Tensor] = (), variables_after: int = 0,
+               callback: Callable[[DPSStep], bool | None] | None = None) -> torch.Tensor:
+    """Diffusion posterior sampling (Chung et al., ICLR 2023, Algorithm 1) from the noise ``x`` = x_T.
+
+    Each step, t = T−1 … 0: ε (and v) from ``model`` at x_t → x̂₀ (:func:`predict_x0`, clipped as the
+    model's schedule says) → ``measure(x̂₀)`` → ancestral x'_{t−1} (:func:`ancestral_step`, noise drawn
+    from ``generator`` on the CPU) → ``x_{t−1} = x'_{t−1} − ζ ∇_{x_t}‖y − A(x̂₀)‖`` (:func:`guidance_step`).
+    From step ``variables_after + 1`` on, the gradients of the variables' loss reach ``variables``' ``.grad``
+    (the callback steps their optimiser). The graph is dropped every step.
+
+    ``callback(step)`` runs after every step; a true return stops the sampler, which then returns that
+    step's x̂₀. Otherwise the result is x₀.
+    """
+    need_x_grad = zeta > 0
+    clip, variance_type = model.schedule.clip_sample, model.schedule.variance_type
+    x0 = x
+    for k, i in enumerate(reversed(range(len(schedule))), start=1):
+        t = schedule.timesteps[i]
+        fit = bool(variables) and k > variables_after
+        x_t = x.detach().requires_grad_(need_x_grad)
+        with torch.set_grad_enabled(need_x_grad or fit):
+            with torch.set_grad_enabled(need_x_grad):
+                eps, v = model(x_t, t)
+                x0 = predict_x0(x_t, eps, float(schedule.alphas_cumprod[i]), clip=clip)
+            residual, variables_loss = measure(x0, fit)
+            grad_x = None
+            if fit and variables_loss is not None:
+                grads = torch.autograd.grad(variables_loss, list(variables), retain_graph=need_x_grad,
+                                            allow_unused=True)
+                for p, g in zip(variables, grads):
+                    p.grad = g
+            if need_x_grad:
+                (grad_x,) = torch.autograd.grad(residual, x_t)
+        with torch.no_grad():
+            x0 = x0.detach()
+            lv = log_variance(schedule, i, variance_type, None if v is None else v.detach())
+            noise = torch.randn(x.shape, generator=generator).to(x.device) if i > 0 else torch.zeros_like(x)
+            x = guidance_step(ancestral_step(schedule, i, x0, x_t.detach(), lv, noise), grad_x, zeta)
+        if callback is not None and callback(DPSStep(k, i, t, x, x0, residual.detach())):
+            return x0
+    return x
 
 
 class EarlyExit:
