@@ -21,7 +21,7 @@ from redegrade.image import check_image
 from redegrade.model import DegradationCode, UniversalDegradationModel, load_state, save_state
 from redegrade.model.cdd import CDDModel
 from redegrade.model.io import CONFIG_NAME, WEIGHTS_NAME
-from redegrade.model.network import MULTIPLE
+from redegrade.pixels import MULTIPLE
 
 log = logging.getLogger(__name__)
 

@@ -46,6 +46,7 @@ from redegrade.cli import SEED, OneLineCommand, setup_logging, user_errors
 from redegrade.errors import InputError
 from redegrade.files import check_output
 from redegrade.image import load_image, output_format, probe_image, read_image
+from redegrade.pixels import MULTIPLE
 
 if TYPE_CHECKING:
     import torch
@@ -57,8 +58,6 @@ log = logging.getLogger(__name__)
 
 MIN_SIZE = 16
 """Smallest accepted image side (pixels)."""
-MULTIPLE = 8
-"""H and W must be multiples of this (the synthesis U-Net goes down to H/8)."""
 MAX_ASPECT_MISMATCH = 1.25
 """Largest accepted ratio between the local source's and the clean image's aspect ratios."""
 

@@ -26,8 +26,7 @@ from redegrade.model.entropy import CodeEntropyModel
 from redegrade.model.extras import Extras
 from redegrade.model.layers import PreActConv
 from redegrade.model.synthesis import SynthesisUNet
-
-MULTIPLE = 8  # the IDA term of the deepest level (H/4) works at H/8
+from redegrade.pixels import MULTIPLE
 
 
 @dataclass(eq=False)
