@@ -12,6 +12,10 @@ from redegrade_rsg.config import SPACES, Phase
 
 Objective = Callable[..., torch.Tensor]
 
+#: Losses stay on the device and reach the history and ``progress`` in batches of this many steps (and at
+#: the phase's end): reading a loss back is a device sync, which every step would stall a GPU's queue.
+REPORT_EVERY = 10
+
 
 def convert(latent: torch.Tensor, src: str, dst: str, num_ws: int) -> torch.Tensor:
     """Re-express a latent of space ``src`` in the richer space ``dst`` without changing the image.
@@ -52,7 +56,8 @@ def run_phase(G: torch.nn.Module, forward_model: ForwardModel, objective: Object
     The latent (already in ``phase.space``) moves by NGD at ``phase.lr``; the forward model's variables
     in ``movable`` (default: all of them) move by Adam at ``phase.variables_lr``, the others and all of
     them when it is ``None`` stay fixed (no gradient is even computed). The loss reported for a step is
-    the one its gradient came from. Returns the final latent (detached) and the steps' :class:`StepInfo`.
+    the one its gradient came from; steps are reported :data:`REPORT_EVERY` at a time. Returns the final
+    latent (detached) and the steps' :class:`StepInfo`.
     """
     latent = latent.detach().clone().requires_grad_(True)
     variables = forward_model.variables()
@@ -61,6 +66,17 @@ def run_phase(G: torch.nn.Module, forward_model: ForwardModel, objective: Object
     opt_latent = NGD([latent], lr=phase.lr)
     opt_vars = torch.optim.Adam(moving, lr=phase.variables_lr) if moving else None
     history: list[StepInfo] = []
+    pending: list[torch.Tensor] = []  # the losses of steps not yet reported, on the device
+
+    def report() -> None:
+        first = len(history) + 1
+        for step, value in enumerate(torch.stack(pending).reshape(-1).tolist() if pending else [], start=first):
+            info = StepInfo(phase.name, step, phase.steps, value, phase.lr)
+            history.append(info)
+            if progress is not None:
+                progress(info)
+        pending.clear()
+
     try:
         for v in variables:
             v.requires_grad_(False)
@@ -75,10 +91,10 @@ def run_phase(G: torch.nn.Module, forward_model: ForwardModel, objective: Object
             opt_latent.step()
             if opt_vars is not None:
                 opt_vars.step()
-            info = StepInfo(phase.name, step + 1, phase.steps, float(loss.detach()), phase.lr)
-            history.append(info)
-            if progress is not None:
-                progress(info)
+            pending.append(loss.detach())
+            if len(pending) == REPORT_EVERY:
+                report()
+        report()
     finally:
         for v, flag in zip(variables, flags):
             v.grad = None
