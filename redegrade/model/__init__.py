@@ -1,5 +1,9 @@
 """The universal degradation model (CDD): degradation encoders, entropy models and the IDA-SFT U-Net.
 
+The paper's network is here (``config``, ``layers``, ``encoders``, ``synthesis``, ``entropy``, assembled in
+``network``); our additions to it are in :mod:`redegrade.model.extras`, named by ``ModelConfig.extras``;
+CDD's released network, exactly, and its checkpoint reader are in :mod:`redegrade.model.cdd`.
+
 >>> cfg = ModelConfig.preset("tiny")
 >>> m = UniversalDegradationModel(cfg)
 """
