@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from redegrade import backend
-from redegrade.errors import UnknownBackendError
+from redegrade.errors import BackendLoadError, UnknownBackendError
 from redegrade.forward import Identity
 from redegrade.image import load_image, save_image
 from redegrade.restore import main
@@ -70,6 +70,36 @@ def test_a_backend_must_say_its_resolution():
 
     with pytest.raises(TypeError, match="resolution"):
         NoSize()
+
+
+def test_run_resets_the_forward_model_before_restore(plugin_dir):
+    """The contract resets, not the callers: ``run`` hands ``restore`` a forward model reset on y with
+    draws from the config's seed (or the generator given)."""
+    cls = backend.load("mine")
+    seen = []
+
+    class Spy(Identity):
+        def reset(self, y, *, generator=None):
+            seen.append(("reset", y.clone(), torch.randint(1 << 30, (1,), generator=generator).item()))
+
+        def forward(self, x):
+            if not seen or seen[-1][0] != "forward":
+                seen.append(("forward",))
+            return x
+
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cls(cls.Config(steps=1, seed=7)).run(y, Spy())
+    assert [s[0] for s in seen] == ["reset", "forward"] and torch.equal(seen[0][1], y)
+    assert seen[0][2] == torch.randint(1 << 30, (1,), generator=torch.Generator().manual_seed(7)).item()
+    seen.clear()
+    cls(cls.Config(steps=1, seed=7)).run(y, Spy(), generator=torch.Generator().manual_seed(3))
+    assert seen[0][2] == torch.randint(1 << 30, (1,), generator=torch.Generator().manual_seed(3)).item()
+
+
+def test_an_option_must_set_a_config_field(plugin_dir):
+    (plugin_dir / "myplug.py").write_text(PLUGIN.replace('Option("--lr", "lr"', 'Option("--lr", "rate"'))
+    with pytest.raises(BackendLoadError, match="--lr sets 'rate', which its Config lacks"):
+        backend.load("mine")
 
 
 def test_unknown_backend_lists_installed_ones(plugin_dir):
