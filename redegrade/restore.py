@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("redegrade.restore")
 
-BACKEND_PARAMS = "redegrade.backend_params"
-"""``ctx.meta`` key: the click options the chosen backend declared (see :class:`RestoreCommand`)."""
+DECLARED = "redegrade.backend_options"
+"""``ctx.meta`` key: the chosen backend's declared options by Config field (see :class:`RestoreCommand`)."""
+CLICK_PARAMS = "redegrade.backend_params"
+"""``ctx.meta`` key: those options as click options, added to the command's own."""
 PREFIX = "backend__"
 """Parameter-name prefix of a backend's options, so they never clash with the core's."""
 MIN_SIDE = 16  # the multiscale objectives stop at 16 px
@@ -208,20 +210,20 @@ class RestoreCommand(OneLineCommand):
                 cls = registry.load(name)
             except RedegradeError as exc:
                 raise click.UsageError(str(exc), ctx) from None
-            ctx.meta[BACKEND_PARAMS] = {opt.field: opt for opt in cls.options}
+            ctx.meta[DECLARED] = {opt.field: opt for opt in cls.options}
             options = [_click_option(opt, name) for opt in cls.options]
             flags = {f for o in options for f in (*o.opts, *o.secondary_opts)}
             for flag in unknown:
                 if flag not in flags:
                     own = f" (its options: {', '.join(o.flag for o in cls.options)})" if cls.options else ""
                     raise click.UsageError(f"option {flag} does not apply to backend {name}{own}", ctx)
-            ctx.meta[BACKEND_PARAMS + ".click"] = options
+            ctx.meta[CLICK_PARAMS] = options
         return super().parse_args(ctx, args)
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         params = super().get_params(ctx)
         n = len(self.params)
-        return [*params[:n], *ctx.meta.get(BACKEND_PARAMS + ".click", []), *params[n:]]
+        return [*params[:n], *ctx.meta.get(CLICK_PARAMS, []), *params[n:]]
 
 
 @click.command(cls=RestoreCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
@@ -283,15 +285,16 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
     if input_path is None:
         raise InputError("missing INPUT image (see --help)")
 
-    # 1. cheap checks, before torch is even imported: the outputs can be written and none of them is an
-    #    input, the image decodes, the checkpoints named on the command line exist
+    # 1. cheap checks, before torch is imported (unless a backend's own flag had its backend loaded to
+    #    read the command line): the outputs can be written and none of them is an input (nor a checkpoint
+    #    the backend's options name), the image decodes, the checkpoints named on the command line exist
     if mode == "naive" and redegrader is not None:
         raise InputError("--redegrader applies to --mode blind only")
     from redegrade.image import array_to_tensor, fit_to_resolution, probe_image, read_image
     from redegrade.weights import check_checkpoint
 
     own = {key[len(PREFIX):]: value for key, value in backend_options.items()}
-    declared = click.get_current_context().meta.get(BACKEND_PARAMS, {})
+    declared = click.get_current_context().meta.get(DECLARED, {})
     read = [own[f] for f, opt in declared.items() if opt.checkpoint and isinstance(own.get(f), str)]
     probe_image(input_path, min_size=MIN_SIDE)
     output = output or input_path.with_name(f"{input_path.stem}_restored.png")
