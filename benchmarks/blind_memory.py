@@ -34,7 +34,7 @@ def one_step(model: str, checkpoint: str, precision: str, resolution: int, devic
     from redegrade.forward import Identity
     from redegrade.objective import build
     from redegrade.redegrader import Redegrader
-    from redegrade.restore import DEFAULT_REDEGRADER
+    from redegrade.session import DEFAULT_REDEGRADER
     from redegrade_rsg import RSG, RSGConfig
 
     dev = settings.resolve_device(device)

@@ -99,7 +99,7 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
     from redegrade.objective import build
     from redegrade.pixels.scale import psnr
     from redegrade.redegrader import Redegrader
-    from redegrade.restore import DEFAULT_REDEGRADER
+    from redegrade.session import DEFAULT_REDEGRADER
 
     if generator is None:
         G = natural_generator(resolution, seed=0)

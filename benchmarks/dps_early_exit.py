@@ -81,9 +81,8 @@ class Blur:
 def restore(prior, y: torch.Tensor, steps: int, early_exit: bool, seed: int = 0):
     from redegrade_dps import DPS, DPSConfig
 
-    fm = KnownDegradation(Blur())
-    fm.reset(y)
-    return DPS(DPSConfig(steps=steps, device="cpu", early_exit=early_exit, seed=seed), prior=prior).restore(y, fm)
+    return DPS(DPSConfig(steps=steps, device="cpu", early_exit=early_exit, seed=seed), prior=prior).run(
+        y, KnownDegradation(Blur()))
 
 
 @click.command()

@@ -18,7 +18,6 @@ export runs unchanged.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -75,16 +74,6 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
     from redegrade.pixels.scale import psnr as _psnr
 
     return float(_psnr(x.float().cpu().clamp(-1, 1), ref.float().cpu()))
-
-
-def forward_model(mode: str, degradation, resolution: int, blind):
-    from redegrade.forward import Identity, KnownDegradation
-
-    if mode == "blind":
-        return blind
-    if mode == "naive":
-        return Identity()
-    return KnownDegradation(degradation, resolution=resolution)
 
 
 def summary(rows: list[dict]) -> str:
@@ -157,10 +146,8 @@ def main(generator, resolution, generator_seed, images, tasks, level, modes, ste
 @user_errors
 def run(generator, resolution, images, tasks, level, modes, steps, loss, redegrader, assignments, psi, seed,
         device, out, generator_seed: int = 0) -> int:
-    from redegrade import backend as backends
     from redegrade.degradations import ffhqx
-    from redegrade.redegrader import Redegrader
-    from redegrade.restore import DEFAULT_REDEGRADER, make_config
+    from redegrade.session import open_session
 
     dev = settings.resolve_device(device)
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
@@ -175,10 +162,9 @@ def run(generator, resolution, images, tasks, level, modes, steps, loss, redegra
         G = load_generator(generator)
     G = G.to(dev)
     R = int(G.img_resolution)
-    cls = backends.load("rsg")
-    config = make_config(cls, "rsg", {"steps": steps, "loss": loss, "device": str(dev)}, tuple(assignments))
-    rsg = cls(config, prior=G)
-    blind = Redegrader.from_pretrained(redegrader or DEFAULT_REDEGRADER, device=dev) if "blind" in mode_list else None
+    session = open_session("rsg", {"steps": steps, "loss": loss, "device": str(dev)}, tuple(assignments), prior=G)
+    if "blind" in mode_list:
+        session.load_blind(redegrader)
     clean = targets(G, images, seed, psi)
     rows = []
     for name in task_list:
@@ -190,11 +176,7 @@ def run(generator, resolution, images, tasks, level, modes, steps, loss, redegra
             y = deg.apply(x)
             for mode in mode_list:
                 t0 = time.perf_counter()
-                fm = forward_model(mode, deg, R, blind)
-                y_obs = y if mode == "nonblind" else resize(y, R)
-                fm.reset(y_obs.to(dev), generator=settings.generator(s))
-                rsg.config = dataclasses.replace(config, seed=s)
-                res = rsg.restore(y_obs, fm)
+                res = session.restore(y, mode, degradation=deg, seed=s)
                 row = {"task": name, "level": lv, "image": i, "mode": mode, "psnr": psnr(res.image, x),
                        "phases": {p: psnr(im, x) for p, im in res.phases.items()},
                        "degraded_psnr": psnr(resize(y, R), x), "seconds": round(time.perf_counter() - t0, 2)}

@@ -55,9 +55,8 @@ def time_run(G, fm, objective, y, steps: int, device: torch.device, phases: str)
             torch.cuda.synchronize()
         stamps.setdefault(info.phase, []).append(time.perf_counter())
 
-    fm.to(device)
-    fm.reset(y.to(device), generator=settings.generator(0))
-    RSG(RSGConfig(steps=steps, device=str(device), phases=phases), prior=G, objective=objective).restore(y, fm, progress=progress)
+    RSG(RSGConfig(steps=steps, device=str(device), phases=phases), prior=G, objective=objective).run(
+        y, fm, progress=progress)  # resets fm on y with seed 0, the config's
     return {phase: statistics.median(b - a for a, b in zip(t, t[1:])) for phase, t in stamps.items()}
 
 

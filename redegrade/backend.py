@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from redegrade import settings
 from redegrade.errors import BackendLoadError, UnknownBackendError
 from redegrade.forward import ForwardModel
 
@@ -39,6 +40,24 @@ class StepInfo:
 
 
 Progress = Callable[[StepInfo], None]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A flag a backend adds to ``python -m redegrade.restore``: ``--backend NAME --flag VALUE`` sets one
+    field of the backend's Config (``--backend NAME --help`` lists them). Declared, not built, so the
+    core CLI turns it into a click option and the backend needs no click."""
+
+    flag: str
+    """``--zeta``; a ``bool`` option also gets ``--no-…`` (``--early-exit/--no-early-exit``)."""
+    field: str
+    """The Config field it sets; not given = the Config's default."""
+    help: str = ""
+    type: type = str
+    """``str``, ``int``, ``float`` (finite) or ``bool`` (an on/off flag pair)."""
+    metavar: str | None = None
+    checkpoint: bool = False
+    """The value may name a file the backend reads: no output may overwrite it."""
 
 
 @dataclass
@@ -62,11 +81,14 @@ class Backend(abc.ABC):
     """Base class of inversion backends.
 
     Subclasses set ``Config`` (a dataclass with at least ``seed`` and ``device`` fields) and implement
-    :attr:`resolution` and :meth:`restore`. The prior (generator, diffusion model) may be passed in
+    :attr:`resolution` and :meth:`restore`; ``options`` declares their own command-line flags. Callers
+    use :meth:`run`, which resets the forward model on the observation before :meth:`restore`, so no
+    backend and no caller repeats that. The prior (generator, diffusion model) may be passed in
     directly, which is what tests do; otherwise the backend loads it from its config on first use.
     """
 
     Config: ClassVar[type]
+    options: ClassVar[tuple[Option, ...]] = ()
 
     def __init__(self, config: Any | None = None, *, prior: torch.nn.Module | None = None,
                  objective: Callable[..., torch.Tensor] | None = None):
@@ -82,10 +104,33 @@ class Backend(abc.ABC):
     def check(self, device: torch.device) -> None:
         """Raise a :class:`~redegrade.errors.RedegradeError` when the backend cannot run here."""
 
+    def objective(self, device: torch.device | None = None) -> Callable[..., torch.Tensor]:
+        """The objective passed in, else :func:`redegrade.objective.build` of ``config.loss`` (built once);
+        moved to ``device`` when it is a module."""
+        if self._objective is None:
+            from redegrade.objective import build
+
+            self._objective = build(self.config.loss)
+        if device is not None and isinstance(self._objective, torch.nn.Module):
+            self._objective.to(device)
+        return self._objective
+
+    def run(self, y: torch.Tensor, forward_model: ForwardModel, *, generator: torch.Generator | None = None,
+            progress: Progress | None = None) -> Restoration:
+        """Reset ``forward_model`` on ``y`` (its random draws from ``generator``, default: one seeded with
+        ``config.seed``) on the configured device, then :meth:`restore`. What every caller uses."""
+        device = settings.resolve_device(self.config.device)
+        forward_model.to(device)
+        if generator is None:
+            generator = settings.generator(self.config.seed)
+        forward_model.reset(y.to(device), generator=generator)
+        return self.restore(y, forward_model, progress=progress)
+
     @abc.abstractmethod
     def restore(self, y: torch.Tensor, forward_model: ForwardModel, *,
                 progress: Progress | None = None) -> Restoration:
-        """Restore ``y`` ([1,3,H,W] in [-1,1]) so that ``forward_model(prior(latent)) ≈ y``."""
+        """Restore ``y`` ([1,3,H,W] in [-1,1]) so that ``forward_model(prior(latent)) ≈ y``;
+        ``forward_model`` has been reset on ``y`` (see :meth:`run`)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +187,13 @@ def load(name: str) -> type[Backend]:
             problems.append("it has no Config dataclass")
         if getattr(obj.restore, "__isabstractmethod__", False):
             problems.append("it does not implement restore()")
+        fields = {f.name for f in dataclasses.fields(obj.Config)} if dataclasses.is_dataclass(
+            getattr(obj, "Config", None)) else set()
+        for opt in getattr(obj, "options", ()):
+            if not isinstance(opt, Option):
+                problems.append(f"its options hold {opt!r}, not a redegrade.backend.Option")
+            elif opt.field not in fields:
+                problems.append(f"its option {opt.flag} sets {opt.field!r}, which its Config lacks")
     if problems:
         raise BackendLoadError(f"backend {name!r} ({eps[0].value}) is unusable: " + "; ".join(problems))
     return obj

@@ -1,30 +1,27 @@
 """``python -m redegrade.restore``: restore one image with any installed backend.
 
 Flow: cheap checks first, without torch (the image decodes, every output can be written and is not an
-input, checkpoints exist) → options that need the backend's Config (settings, device) → only then the
-models → optional FFHQ alignment → bring the image to the prior's resolution → forward model (blind: the
-Redegrader; naive: identity) → ``reset`` on the image → ``backend.restore`` with a progress bar per
-phase → write the outputs, all at once and only after success.
+input, checkpoints exist) → the restore session (:mod:`redegrade.session`: settings → the backend's
+Config, device) → only then the models → optional FFHQ alignment → bring the image to the prior's
+resolution → restore under the mode's forward model (blind: the Redegrader; naive: identity; the backend
+resets it on the image) with a progress bar per phase → write the outputs, all at once and only after
+success. A backend's own flags (``--generator``, ``--zeta``, …) are its declared options, added by
+:class:`RestoreCommand` when the command line names them.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import sys
-import types
-import typing
-from pathlib import Path
-
-import math
 import os
-from typing import TYPE_CHECKING
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from redegrade import settings
 from redegrade.cli import FINITE, SEED, OneLineCommand, setup_logging, user_errors
-from redegrade.errors import ConfigError, InputError, RedegradeError
+from redegrade.errors import InputError, RedegradeError
 from redegrade.files import atomic_path, check_output
 
 if TYPE_CHECKING:
@@ -34,14 +31,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("redegrade.restore")
 
-#: Backend-specific options → the Config field they set; they apply only where that field exists.
-SPECIFIC = {"generator": "--generator", "diffusion_model": "--diffusion-model", "zeta": "--zeta",
-            "early_exit": "--early-exit"}
-#: Common options that still need a matching Config field (every backend has seed and device).
-COMMON = {"steps": "--steps", "loss": "--loss", "seed": "--seed", "device": "--device"}
-#: The shipped model trained on FFHQ-X's degradations (the WQI one, trained on photo degradations, is
-#: transfer's default): on in-range targets it is the one whose re-degradation the true image wins.
-DEFAULT_REDEGRADER = "ffhqx"
+DECLARED = "redegrade.backend_options"
+"""``ctx.meta`` key: the chosen backend's declared options by Config field (see :class:`RestoreCommand`)."""
+CLICK_PARAMS = "redegrade.backend_params"
+"""``ctx.meta`` key: those options as click options, added to the command's own."""
+PREFIX = "backend__"
+"""Parameter-name prefix of a backend's options, so they never clash with the core's."""
 MIN_SIDE = 16  # the multiscale objectives stop at 16 px
 
 EPILOG = """\b
@@ -54,6 +49,11 @@ Examples:
   python -m redegrade.restore --list-backends
 
 \b
+Backend options: each backend declares its own flags, listed by --backend NAME --help
+(rsg: --generator NAME|PATH; dps: --diffusion-model NAME|PATH, --zeta, --early-exit/--no-early-exit).
+Naming one loads that backend while the command line is read.
+
+\b
 rsg settings for --set: optimise (default none: e = E(y) and n stay fixed and V is skipped;
 e_g,e_l,n moves them from W on), phases (V,W,W+,W++), v_lr 0.08, w_lr 0.08, wplus_lr 0.02,
 wpp_lr 0.005, variables_lr 0.01 (Adam; scaled with the latent lr after W).
@@ -64,66 +64,6 @@ Every user error is one line on stderr and exit code 2; nothing is written unles
 
 
 # ------------------------------------------------------------------------------------------ settings
-def _convert(text: str, tp: typing.Any, key: str) -> typing.Any:
-    """Typed value of ``--set key=text`` for a dataclass field annotated ``tp``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and text.strip().lower() in ("none", "null"):
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            with contextlib.suppress(ConfigError):
-                return _convert(text, arg, key)
-        raise ConfigError(f"--set {key}={text}: expected {tp}")
-    if tp is bool:
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"--set {key}={text}: expected true or false")
-    if tp in (int, float, str, Path):
-        try:
-            value = tp(text)
-        except ValueError:
-            raise ConfigError(f"--set {key}={text}: expected {tp.__name__}") from None
-        if tp is float and not math.isfinite(value):
-            raise ConfigError(f"--set {key}={text}: expected a finite number")
-        return value
-    raise ConfigError(f"--set {key}: a field of type {tp} cannot be set from the command line")
-
-
-def make_config(cls: type[registry.Backend], name: str, options: dict[str, typing.Any],
-                assignments: tuple[str, ...]) -> typing.Any:
-    """The backend's Config with ``options`` (Config field → value, ``None`` = not given) and then
-    every ``KEY=VALUE`` of ``--set`` applied; an option whose field the Config lacks is an error."""
-    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
-    try:
-        hints = typing.get_type_hints(cls.Config)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to the raw ones
-        hints = {k: f.type for k, f in fields.items()}
-    changes = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key not in fields:
-            flag = SPECIFIC.get(key) or COMMON.get(key) or key
-            raise ConfigError(f"option {flag} does not apply to backend {name}")
-        changes[key] = value
-    for item in assignments:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        if key not in fields:
-            raise ConfigError(f"--set {key}: backend {name} has no such setting; "
-                              f"its settings are {', '.join(fields)}")
-        changes[key] = _convert(text, hints.get(key, str), key)
-    try:
-        return dataclasses.replace(cls.Config(), **changes)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid settings for backend {name}: {exc}") from exc
-
-
 def backend_lines() -> list[str]:
     """One line per installed backend: name, target, distribution and whether it can run here."""
     from redegrade import backend as registry
@@ -213,7 +153,80 @@ class _Bars:
 
 
 # ------------------------------------------------------------------------------------------ the command
-@click.command(cls=OneLineCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+def _click_option(opt: registry.Option, backend: str) -> click.Option:
+    """A backend's declared :class:`~redegrade.backend.Option` as a click option (unset = ``None``)."""
+    name = PREFIX + opt.field
+    help_text = f"[{backend}] {opt.help}".strip()
+    if opt.type is bool:
+        return click.Option([f"{opt.flag}/--no-{opt.flag.lstrip('-')}", name], default=None, help=help_text)
+    kind = {float: FINITE, int: int, str: str}.get(opt.type, opt.type)
+    return click.Option([opt.flag, name], type=kind, default=None, metavar=opt.metavar, help=help_text)
+
+
+class RestoreCommand(OneLineCommand):
+    """The restore command plus the options of the backend named by ``--backend``.
+
+    The command line is scanned before click parses it: only when it holds a long option the core does
+    not know (or asks for ``--help`` with ``--backend``) is the backend imported and its options added;
+    a bare command line stays torch-free until its inputs are checked.
+    """
+
+    def _known(self) -> dict[str, bool]:
+        """Core flags → whether they take a value."""
+        known = {"-h": False, "--help": False}
+        for param in self.params:
+            if isinstance(param, click.Option):
+                for flag in (*param.opts, *param.secondary_opts):
+                    known[flag] = not (param.is_flag or param.count)
+        return known
+
+    def _scan(self, args: list[str]) -> tuple[str | None, list[str], bool]:
+        """The ``--backend`` value (``None``: not given), the long options the core does not know and
+        whether help was asked for."""
+        known, name, unknown, wants_help = self._known(), None, [], False
+        it = iter(args)
+        for token in it:
+            if token == "--":
+                break
+            flag, eq, value = token.partition("=")
+            if flag in ("-h", "--help"):
+                wants_help = True
+            elif flag == "--backend":
+                name = value if eq else next(it, None)
+            elif flag in known:
+                if known[flag] and not eq:
+                    next(it, None)  # its value, whatever it looks like
+            elif flag.startswith("--"):
+                unknown.append(flag)
+        return name, unknown, wants_help
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        name, unknown, wants_help = self._scan(args)
+        if unknown or (wants_help and name):
+            from redegrade import backend as registry
+
+            name = name or next(p.default for p in self.params if p.name == "backend_name")
+            try:
+                cls = registry.load(name)
+            except RedegradeError as exc:
+                raise click.UsageError(str(exc), ctx) from None
+            ctx.meta[DECLARED] = {opt.field: opt for opt in cls.options}
+            options = [_click_option(opt, name) for opt in cls.options]
+            flags = {f for o in options for f in (*o.opts, *o.secondary_opts)}
+            for flag in unknown:
+                if flag not in flags:
+                    own = f" (its options: {', '.join(o.flag for o in cls.options)})" if cls.options else ""
+                    raise click.UsageError(f"option {flag} does not apply to backend {name}{own}", ctx)
+            ctx.meta[CLICK_PARAMS] = options
+        return super().parse_args(ctx, args)
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        n = len(self.params)
+        return [*params[:n], *ctx.meta.get(CLICK_PARAMS, []), *params[n:]]
+
+
+@click.command(cls=RestoreCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
                                                                      "max_content_width": 100})
 @click.argument("input_path", metavar="INPUT", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
@@ -234,13 +247,6 @@ class _Bars:
 @click.option("--checkpoint", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Recompute the Redegrader's blocks in the backward instead of storing them (auto: at ≥ 512², "
                    "where the paper-size model would otherwise need tens of GB). Blind mode only.")
-@click.option("--generator", metavar="NAME|PATH", default=None,
-              help="[rsg] StyleGAN2 generator: registry name, NVIDIA .pkl or .safetensors export "
-                   "(default: stylegan2.ffhq1024, downloaded once).")
-@click.option("--diffusion-model", metavar="NAME|PATH", default=None, help="[dps] Diffusion model checkpoint.")
-@click.option("--zeta", type=FINITE, default=None, help="[dps] Guidance step size ζ.")
-@click.option("--early-exit/--no-early-exit", default=None,
-              help="[dps] Stop once the objective has stopped improving over a window (reports the NFE used).")
 @click.option("--loss", type=click.Choice(["lpips", "l1", "l2"]), default=None,
               help="Objective: multiscale LPIPS-VGG + 0.1·L1 (default; needs torchvision's VGG16 weights: "
                    "offline, put vgg16-397923af.pth into $TORCH_HOME/hub/checkpoints/) or weight-free multiscale "
@@ -262,10 +268,9 @@ class _Bars:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @user_errors
 def main(input_path: Path | None, output: Path | None, backend_name: str, list_backends: bool, mode: str,
-         redegrader: str | None, precision: str, checkpoint: str, generator: str | None,
-         diffusion_model: str | None, zeta: float | None,
-         early_exit: bool | None, loss: str | None, steps: int | None, seed: int, device: str, save_all: bool,
-         align: bool, assignments: tuple[str, ...], no_progress: bool, verbose: bool) -> None:
+         redegrader: str | None, precision: str, checkpoint: str, loss: str | None, steps: int | None, seed: int,
+         device: str, save_all: bool, align: bool, assignments: tuple[str, ...], no_progress: bool, verbose: bool,
+         **backend_options: Any) -> None:
     """Restore a degraded face image INPUT by inverting a generative prior through a forward model.
 
     Blind mode explains the degradation with the universal degradation model (the Redegrader) and
@@ -280,57 +285,43 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
     if input_path is None:
         raise InputError("missing INPUT image (see --help)")
 
-    # 1. cheap checks, before torch is even imported: the outputs can be written and none of them is an
-    #    input, the image decodes, the checkpoints named on the command line exist
+    # 1. cheap checks, before torch is imported (unless a backend's own flag had its backend loaded to
+    #    read the command line): the outputs can be written and none of them is an input (nor a checkpoint
+    #    the backend's options name), the image decodes, the checkpoints named on the command line exist
     if mode == "naive" and redegrader is not None:
         raise InputError("--redegrader applies to --mode blind only")
-    from redegrade.image import array_to_tensor, probe_image, read_image
+    from redegrade.image import array_to_tensor, fit_to_resolution, probe_image, read_image
     from redegrade.weights import check_checkpoint
 
+    own = {key[len(PREFIX):]: value for key, value in backend_options.items()}
+    declared = click.get_current_context().meta.get(DECLARED, {})
+    read = [own[f] for f, opt in declared.items() if opt.checkpoint and isinstance(own.get(f), str)]
     probe_image(input_path, min_size=MIN_SIDE)
     output = output or input_path.with_name(f"{input_path.stem}_restored.png")
     paths = _output_paths(output, save_all)
-    inputs = [input_path, *(p for p in (redegrader, generator, diffusion_model) if p and os.path.exists(p))]
+    inputs = [input_path, *(p for p in (redegrader, *read) if p and os.path.exists(p))]
     for dest in paths.values():
         check_output(dest, inputs=inputs)
     pixels = read_image(input_path, min_size=MIN_SIDE)
     if mode == "blind" and redegrader is not None:
         check_checkpoint(redegrader, "--redegrader")
 
-    # 2. options that need torch or the backend's Config; still no model loaded
-    from redegrade import backend as registry
+    # 2. the session: the settings become the backend's Config, which checks it can run here; the
+    #    objective is built now so that its missing weights are said before any model loads
+    from redegrade.session import open_session
 
-    cls = registry.load(backend_name)
-    options = dict(generator=generator, diffusion_model=diffusion_model, zeta=zeta, early_exit=early_exit,
-                   steps=steps, loss=loss, seed=seed, device=device)
-    config = make_config(cls, backend_name, options, assignments)
-    if not SEED.min <= getattr(config, "seed", 0) <= SEED.max:
-        raise ConfigError(f"seed {config.seed} is out of range ({SEED.min}…{SEED.max})")
-    dev = settings.resolve_device(getattr(config, "device", device))
-    cls(config).check(dev)
+    session = open_session(backend_name, dict(own, steps=steps, loss=loss, seed=seed, device=device), assignments)
+    if hasattr(session.config, "loss"):
+        session.backend.objective()
 
     # 3. the models
-    objective_name = getattr(config, "loss", None) or loss
-    objective = None
-    if objective_name is not None:
-        from redegrade.objective import build
-
-        objective = build(objective_name)
-    backend = cls(config, objective=objective)
-    from redegrade.forward import Identity
-    from redegrade.image import fit_to_resolution
-
     if mode == "blind":
-        from redegrade.redegrader import Redegrader
-
-        fm = Redegrader.from_pretrained(redegrader or DEFAULT_REDEGRADER, checkpoint=checkpoint, precision=precision)
-    else:
-        fm = Identity()
+        session.load_blind(redegrader, checkpoint=checkpoint, precision=precision)
     y = array_to_tensor(pixels)
     del pixels
 
     # 4. the observation at the prior's resolution
-    resolution = backend.resolution
+    resolution = session.resolution
     if align:
         from redegrade.align import align_face
 
@@ -338,14 +329,10 @@ def main(input_path: Path | None, output: Path | None, backend_name: str, list_b
         log.info("aligned the face to %d×%d (FFHQ crop)", resolution, resolution)
     y = fit_to_resolution(y, resolution, name=str(input_path))
 
-    # 5. the forward model, initialised from the observation
-    fm.to(dev)
-    fm.reset(y.to(dev), generator=settings.generator(seed))
-
-    # 6. restore, then write everything at once
+    # 5. restore (the backend resets the forward model on y first), then write everything at once
     bars = _Bars(enabled=not no_progress)
     try:
-        result = backend.restore(y, fm, progress=bars)
+        result = session.restore(y, mode, progress=bars)
     finally:
         bars.close()
     write_outputs(paths, y, result)

@@ -379,6 +379,14 @@ def test_bad_benchmark_flags_are_one_line_and_write_nothing(args, kit, work, no_
     assert snapshot(work) == before
 
 
+def test_benchmark_generator_is_the_backends_own_option_never_a_guess(kit, work, no_models):
+    """dps declares no --generator: the benchmark refuses it instead of setting its diffusion model."""
+    before = snapshot(work)
+    assert_refused(invoke("ffhqx", bench(kit, work, "--backend", "dps", "--generator", kit.unet)),
+                   "backend 'dps' has no --generator option")
+    assert snapshot(work) == before
+
+
 @pytest.mark.parametrize("which", ["clean", "degraded"])
 def test_transfer_too_large_for_memory_is_refused_with_the_estimate_and_the_remedy(which, kit, work, no_models,
                                                                                      monkeypatch):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from redegrade import settings
-from redegrade.backend import Backend, Progress, Restoration, StepInfo
+from redegrade.backend import Backend, Option, Progress, Restoration, StepInfo
 from redegrade.errors import CheckpointError, MissingCheckpointError, ShapeError
 from redegrade.forward import ForwardModel
 from redegrade.image import check_image
@@ -33,6 +33,14 @@ class DPS(Backend):
     """
 
     Config = DPSConfig
+    options = (
+        Option("--diffusion-model", "diffusion_model", metavar="NAME|PATH", checkpoint=True,
+               help="Diffusion model: a diffusers UNet2DModel folder or hub id, or an ADM .pt "
+                    "(default: google/ddpm-ema-celebahq-256)."),
+        Option("--zeta", "zeta", type=float, help="Guidance step size ζ (default 0.3)."),
+        Option("--early-exit", "early_exit", type=bool,
+               help="Stop once the objective has stopped improving over a window (reports the NFE used)."),
+    )
 
     def __init__(self, config: DPSConfig | None = None, *, prior: torch.nn.Module | None = None,
                  objective: Callable[..., torch.Tensor] | None = None):
@@ -95,11 +103,7 @@ class DPS(Backend):
             return lambda y, y_hat, mask=None: torch.linalg.norm(y - y_hat)
         if kind == "l1":
             return lambda y, y_hat, mask=None: (y - y_hat).abs().mean()
-        if self._objective is None:
-            from redegrade import objective
-
-            self._objective = objective.build(self.config.loss)
-        return self._objective
+        return self.objective()
 
     def restore(self, y: torch.Tensor, forward_model: ForwardModel, *,
                 progress: Progress | None = None) -> Restoration:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from redegrade import settings
-from redegrade.backend import Backend, Progress, Restoration
+from redegrade.backend import Backend, Option, Progress, Restoration
 from redegrade.errors import MissingCheckpointError
 from redegrade.forward import ForwardModel
 from redegrade.image import check_shape
@@ -23,12 +23,15 @@ class RSG(Backend):
 
     ``prior`` is a StyleGAN2 generator (``mapping.w_avg``, ``num_ws``, ``img_resolution``,
     ``synthesis(ws, noise_mode="const")``); without one, ``config.generator`` is loaded on first use.
-    ``objective`` defaults to ``redegrade.objective.build(config.loss)``. The backend never asks which
-    forward model it got: blind (Redegrader), naive (Identity) and non-blind (KnownDegradation) differ
-    only in what :meth:`restore` receives.
+    ``objective`` defaults to ``config.loss`` built by :meth:`~redegrade.backend.Backend.objective`. The
+    backend never asks which forward model it got: blind (Redegrader), naive (Identity) and non-blind
+    (KnownDegradation) differ only in what :meth:`restore` receives.
     """
 
     Config = RSGConfig
+    options = (Option("--generator", "generator", metavar="NAME|PATH", checkpoint=True,
+                      help="StyleGAN2 generator: registry name, NVIDIA .pkl or .safetensors export "
+                           "(default: stylegan2.ffhq1024, downloaded once)."),)
 
     @property
     def generator(self) -> torch.nn.Module:
@@ -63,25 +66,16 @@ class RSG(Backend):
                 f"generator {name!r} is neither an existing file nor a known checkpoint "
                 f"(known: {', '.join(sorted(registry.REGISTRY))})")
 
-    def _objective_on(self, device: torch.device):
-        if self._objective is None:
-            from redegrade.objective import build
-
-            self._objective = build(self.config.loss)
-        if isinstance(self._objective, torch.nn.Module):
-            self._objective.to(device)
-        return self._objective
-
     def restore(self, y: torch.Tensor, forward_model: ForwardModel, *,
                 progress: Progress | None = None) -> Restoration:
-        """Invert ``y`` ([1,3,H,W] in [-1,1]); ``forward_model`` must already be ``reset`` on ``y``."""
+        """Invert ``y`` ([1,3,H,W] in [-1,1]); ``forward_model`` has been ``reset`` on ``y`` (:meth:`run`)."""
         # 1. validate and place everything on one device
         check_shape(y, (1, 3, None, None), "observation")
         device = settings.resolve_device(self.config.device)
         self.check(device)
         schedule = self.config.schedule()
         G = self.generator.to(device)
-        objective = self._objective_on(device)
+        objective = self.objective(device)
         forward_model.to(device)  # its variables too (a forward model reset on another device)
         y = y.to(device=device, dtype=torch.float32)
         mask = forward_model.mask()
