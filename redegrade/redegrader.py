@@ -3,7 +3,10 @@
 θ = (e_g, e_l, n). :meth:`Redegrader.reset` initialises them from the observation (e_g, e_l = E(y);
 n ~ N(0, I), seeded); :meth:`Redegrader.forward` renders ŷ = f̂(x, Q(e_g), Q(e_l), n) where Q is the
 entropy models' quantiser in ``"ste"`` mode by default (rounded values forward, identity gradient), so
-gradients reach x and every variable while the network weights stay frozen.
+gradients reach x and every variable while the network weights stay frozen. Where a gradient is
+taken, the JPEG head's rounding is dithered (uniform noise of the step's width, seeded at reset): hard
+rounding makes the objective flat inside each quantisation bin, and an inversion through it stops
+anywhere in the bin; dithered, it is pulled to the bin's centre, where JPEG's decoder puts y.
 """
 from __future__ import annotations
 
@@ -81,6 +84,8 @@ class Redegrader(ForwardModel):
         self.e_g: torch.Tensor | None = None
         self.e_l_logit: torch.Tensor | None = None
         self.noise: list[torch.Tensor] = []
+        self._dither_seed = 0
+        self._dither: torch.Generator | None = None
         self.freeze()
 
     def train(self, mode: bool = True) -> "Redegrader":
@@ -156,11 +161,15 @@ class Redegrader(ForwardModel):
 
     # -- ForwardModel -----------------------------------------------------------------------------
     def reset(self, y: torch.Tensor, *, generator: torch.Generator | None = None) -> None:
-        """e_g, e_l = E(y) (detached leaves), n = fresh N(0,1) maps from ``generator`` (seed 0 if None)."""
+        """e_g, e_l = E(y) (detached leaves), n = fresh N(0,1) maps from ``generator`` (seed 0 if None),
+        and the JPEG dither's seed drawn from it next."""
         check_image(y, "observation", multiple_of=MULTIPLE)
         with torch.no_grad():
             code = self.model.encode(y)
+        generator = torch.Generator().manual_seed(0) if generator is None else generator
         self.set_code(code, self.sample_noise(y, generator))
+        self._dither_seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        self._dither = None
 
     def set_code(self, code: DegradationCode, noise: list[torch.Tensor] | None = None) -> None:
         """Replace the variables by ``code`` (e.g. e_g of one image with e_l of another) and ``noise``.
@@ -204,17 +213,25 @@ class Redegrader(ForwardModel):
             noise = [F.interpolate(n, size=s, mode="nearest") for n, s in zip(noise, self.model.noise_shapes(h, w))]
         code_hat, _ = self.model.quantize(code, self.quantizer, rate=False)  # the rate is never read here
         dtype = PRECISIONS[self.precision]
+        dither = self._dither_generator(x.device) if self._needs_gradient(x) else None
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            y_hat = self.model.synthesize(x, code_hat, noise, checkpoint=self._checkpointing(x))
+            y_hat = self.model.synthesize(x, code_hat, noise, checkpoint=self._checkpointing(x), dither=dither)
         return y_hat.float()
+
+    def _needs_gradient(self, x: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(v.requires_grad for v in self.variables()))
 
     def _checkpointing(self, x: torch.Tensor) -> bool:
         """Whether this forward checkpoints: a gradient is needed and ``checkpoint`` (and size) say so."""
-        if self.checkpoint == "off" or not torch.is_grad_enabled():
-            return False
-        if not (x.requires_grad or any(v.requires_grad for v in self.variables())):
+        if self.checkpoint == "off" or not self._needs_gradient(x):
             return False
         return self.checkpoint == "on" or x.shape[-2] * x.shape[-1] >= AUTO_CHECKPOINT_PIXELS
+
+    def _dither_generator(self, device: torch.device) -> torch.Generator:
+        """The JPEG dither's generator on ``device``, seeded at :meth:`reset`; it advances every forward."""
+        if self._dither is None or self._dither.device != device:
+            self._dither = torch.Generator(device).manual_seed(self._dither_seed)
+        return self._dither
 
     def named_variables(self) -> dict[str, torch.Tensor]:
         """{"e_g", "e_l" (a logit: the model sees its sigmoid), "n.0", …}; empty before :meth:`reset`."""

@@ -479,10 +479,24 @@ def test_round_to_step_rounds_and_its_gradients_say_what_a_larger_step_does():
     grads_c = torch.autograd.grad(out.sum(), c, retain_graph=True)[0]
     # zeroed coefficients: a small change keeps them at 0; the others pass straight through
     assert grads_c.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
-    # an inversion's image gets a gradient in the zero bin too, with the same values forward
-    inverted = pixels_jpeg.round_to_step(c, step, zero_bin_gradient=True)
-    torch.testing.assert_close(inverted.detach(), out.detach())
-    assert torch.autograd.grad(inverted.sum(), c)[0].tolist() == [1.0] * 5
     per_coefficient = [float(torch.autograd.grad(out[i], step, retain_graph=True)[0]) for i in range(5)]
     assert per_coefficient[:2] == [0.0, 0.0]             # inside the zero bin: stays 0
     assert per_coefficient[2] < 0 < per_coefficient[3]   # just outside: pulled toward 0 (the jump)
+
+
+def test_dither_to_step_has_roundings_error_size_and_pulls_coefficients_to_the_bin_centre():
+    """An inversion's JPEG: rounding's error spread (uniform, one step wide), reproducible from its
+    generator, and, unlike rounding, a loss whose gradient points from c to the centre of y's bin."""
+    step = torch.tensor(4.0)
+    c = torch.full((20000,), 9.0, requires_grad=True)  # y = round(9 / 4)·4 = 8: c sits 1 above the centre
+    out = pixels_jpeg.dither_to_step(c, step, generator=torch.Generator().manual_seed(0))
+    err = (out - c).detach()
+    assert float(err.abs().max()) <= 2.0 and abs(float(err.mean())) < 0.05
+    assert abs(float(err.std()) - 4 / 12 ** 0.5) < 0.02
+    again = pixels_jpeg.dither_to_step(c, step, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    y = torch.full_like(c, 8.0)
+    pull = torch.autograd.grad((out - y).abs().sum(), c)[0].mean()
+    assert 0.45 < float(pull) < 0.55  # E|1 + 4u|′ = P(1 + 4u > 0) − P(< 0) = 0.5: descent lowers c to 8
+    hard = pixels_jpeg.round_to_step(c, step)
+    assert float(torch.autograd.grad((hard - y).abs().mean(), c)[0].abs().max()) == 0.0  # flat in the bin

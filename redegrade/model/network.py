@@ -158,14 +158,16 @@ class UniversalDegradationModel(CodedModel):
 
     # -- synthesis --------------------------------------------------------------------------------
     def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
-                   checkpoint: bool = False) -> torch.Tensor:
+                   checkpoint: bool = False, dither: torch.Generator | None = None) -> torch.Tensor:
         """ŷ = f̂(x, e_g, e_l, n): x [B,3,H,W], code at H/2, ``num_noise`` maps → [B,3,H,W].
 
         ``checkpoint`` trades a second forward of each SFT block in the backward for not storing its
         activations (same values and gradients; see :func:`~redegrade.model.synthesis.run_block`).
+        ``dither`` (a generator) replaces the JPEG head's rounding by uniform noise of the same width,
+        as an inversion's forward model needs (:meth:`~redegrade.model.extras.jpeg_head.JpegHead.forward`).
         """
         self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)
-        return self._synthesize(x, code, noise, checkpoint=checkpoint)
+        return self._synthesize(x, code, noise, checkpoint=checkpoint, dither=dither)
 
     def synthesize_with_heads(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
                               fixed_jpeg_steps: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -179,12 +181,12 @@ class UniversalDegradationModel(CodedModel):
 
     def _synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
                     checkpoint: bool = False, heads: dict[str, torch.Tensor] | None = None,
-                    fixed_jpeg_steps: bool = False) -> torch.Tensor:
+                    fixed_jpeg_steps: bool = False, dither: torch.Generator | None = None) -> torch.Tensor:
         e = self.fusion(code)
         k = self.synthesis.num_noise
         feat = self.synthesis.features(self.extras.synthesis_input(x), e, noise[:k], checkpoint=checkpoint)
         return self.extras.finish(self.synthesis.conv_last(feat), x, feat, e, code.e_g, noise[k:], heads=heads,
-                                  fixed_jpeg_steps=fixed_jpeg_steps)
+                                  fixed_jpeg_steps=fixed_jpeg_steps, dither=dither)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """Same as :meth:`synthesize`."""

@@ -89,15 +89,13 @@ def unblocks(c: torch.Tensor) -> torch.Tensor:
     return c.permute(0, 1, 3, 2, 4).reshape(b, nh * 8, nw * 8)
 
 
-def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0, *,
-                  zero_bin_gradient: bool = False) -> torch.Tensor:
+def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0) -> torch.Tensor:
     """Forward ``step · round(c / step)`` for a learned ``step``; gradients reach both ``c`` and ``step``.
 
-    To ``c`` the gradient passes unchanged (straight-through) outside the zero bin, and inside it only
-    with ``zero_bin_gradient``. Training needs it off: with a full pass-through the layers before the
-    rounding kept raising detail that the step then removed, and both grew until training diverged.
-    Inversion needs it on: at low quality most coefficients sit in the zero bin, and without a gradient
-    there the image being inverted is free to fill them with anything the step then hides.
+    To ``c`` the gradient passes unchanged (straight-through) outside the zero bin and not inside it:
+    with a full pass-through the layers before the rounding kept raising detail that the step then
+    removed, and both grew until training diverged. (An inversion does not round: it dithers, see
+    :func:`dither_to_step`.)
 
     Rounding is piecewise constant in c/step, so the exact derivative in ``step`` is ``round(u)`` plus
     jumps where coefficients drop a level. Plain straight-through, ``round(u) − u``,
@@ -111,9 +109,22 @@ def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0, *,
     r = torch.round(u)
     outside = u.abs() >= 0.5
     slope = (r - u - u.sign() * torch.exp(-rate * (u.abs() - 0.5))) * outside
-    passed = c if zero_bin_gradient else c * outside
+    passed = c * outside
     out = passed + (step * r - passed).detach()
     return out + (step - step.detach()) * slope
+
+
+def dither_to_step(c: torch.Tensor, step: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """Rounding to ``step`` relaxed to additive noise: ``c + step·u``, u ~ U(−½, ½) drawn from ``generator``.
+
+    The error has the size and spread of rounding's, but the loss is no longer flat inside a bin: in
+    expectation over u it is smallest where ``c`` sits at the centre of the observed bin, which is
+    where JPEG's own decoder puts it. With hard rounding every ``c`` in the right bin explains y
+    exactly, and an inversion stops wherever it first enters one (Ballé et al. 2017 train through
+    quantisation with the same uniform noise). ``step`` gets the reparameterised gradient ``u·∂L/∂out``.
+    """
+    u = torch.rand(c.shape, generator=generator, device=generator.device, dtype=c.dtype).to(c.device)
+    return c + step * (u - 0.5)
 
 
 def _round_ste_to_step(c: torch.Tensor, step: torch.Tensor) -> torch.Tensor:

@@ -81,9 +81,10 @@ class CDDModel(CodedModel):
 
     # -- synthesis --------------------------------------------------------------------------------
     def synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
-                   checkpoint: bool = False) -> torch.Tensor:
+                   checkpoint: bool = False, dither: torch.Generator | None = None) -> torch.Tensor:
         """ŷ = CDD ``netG(x, e_g, e_l)``: x [B,3,H,W] in [-1,1], the code as given, CDD's noise maps.
-        ``checkpoint`` recomputes each block in the backward (same values, less memory)."""
+        ``checkpoint`` recomputes each block in the backward (same values, less memory). ``dither`` is
+        the JPEG head's (see :meth:`UniversalDegradationModel.synthesize`): CDD has none, so it is unused."""
         self._check_synthesis_inputs(x, code, noise, multiple=self.multiple)
         return self.synthesis(x, self.fusion(code), noise, checkpoint=checkpoint)
 

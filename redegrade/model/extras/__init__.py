@@ -89,14 +89,16 @@ class Extras(nn.Module):
 
     def finish(self, out: torch.Tensor, x: torch.Tensor, feat: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor,
                noise: list[torch.Tensor], *, heads: dict[str, torch.Tensor] | None = None,
-               fixed_jpeg_steps: bool = False) -> torch.Tensor:
+               fixed_jpeg_steps: bool = False, dither: torch.Generator | None = None) -> torch.Tensor:
         """The U-Net's output ``out`` [B,3,H,W] through the noise head, the global residual and the JPEG
         head, in that order. ``x``: the input image; ``feat``: the last decoder features; ``e``: the fused
         map; ``e_g``: the global code; ``noise``: the :attr:`num_noise` maps the extras read.
 
         ``heads`` (a dict) receives what the heads decided: ``noise_std`` ``[B,3,H,W]`` and
         ``jpeg_multipliers`` ``[B,2,H/8,W/8]``; with ``fixed_jpeg_steps`` ŷ's gradient does not reach
-        the JPEG steps (those in ``heads`` keep theirs).
+        the JPEG steps (those in ``heads`` keep theirs). ``dither`` makes the JPEG head add uniform noise
+        of its steps' width instead of rounding (see :meth:`JpegHead.forward
+        <redegrade.model.extras.jpeg_head.JpegHead.forward>`).
         """
         if self.noise_head is not None:
             out = out + self.noise_head(feat, e, torch.cat(noise[:NOISE_HEAD_MAPS], dim=1), e_g)
@@ -112,4 +114,4 @@ class Extras(nn.Module):
             if heads is not None:
                 heads["jpeg_multipliers"] = m
             return self.jpeg_head(out.float(), e.float(), e_g.float(),
-                                  multipliers=m.detach() if fixed_jpeg_steps else m)
+                                  multipliers=m.detach() if fixed_jpeg_steps else m, dither=dither)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from redegrade.pixels.jpeg import quantise_ycc, quantization_tables, round_to_step
+from redegrade.pixels.jpeg import dither_to_step, quantise_ycc, quantization_tables, round_to_step
 
 
 class JpegHead(nn.Module):
@@ -18,8 +18,8 @@ class JpegHead(nn.Module):
     ``m = softplus(conv1×1(avgpool(e)) + linear(e_g))`` of the libjpeg quality-50 luma and chroma tables
     (m = 2.5 is quality 20, m = 0.1 quality 95); its YCbCr DCT coefficients are rounded to those steps
     (:func:`~redegrade.pixels.jpeg.round_to_step`: m's gradient says how many coefficients a larger
-    step would zero; ŷ's passes straight through, in training mode outside the zero bin only, so that
-    the frozen model in an inversion gives x a gradient for every coefficient). A grid of independently
+    step would zero; ŷ's passes straight through outside the zero bin). An inversion passes ``dither``
+    instead (see :meth:`forward`). A grid of independently
     rounded DCT coefficients is hard to draw with 3×3 convolutions; this draws it exactly. m starts at
     ``init_scale`` (quality ≈ 95) for every input. With ``subsample`` chroma is 2×2-averaged before and
     upsampled after (4:2:0, JPEG's default).
@@ -55,12 +55,19 @@ class JpegHead(nn.Module):
         return self.max_scale * torch.tanh(m / self.max_scale)
 
     def forward(self, y: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor, *,
-                multipliers: torch.Tensor | None = None) -> torch.Tensor:
-        """Round ``y``'s DCT to the steps of :meth:`multipliers` (or of the ``multipliers`` given)."""
+                multipliers: torch.Tensor | None = None, dither: torch.Generator | None = None) -> torch.Tensor:
+        """Round ``y``'s DCT to the steps of :meth:`multipliers` (or of the ``multipliers`` given).
+
+        With ``dither`` (an inversion's forward model) the rounding becomes additive uniform noise of
+        the step's width drawn from it (:func:`~redegrade.pixels.jpeg.dither_to_step`): the same error
+        statistics, but a loss that pulls each coefficient to the centre of the observed bin instead
+        of one that is flat inside it.
+        """
         m = (self.multipliers(e, e_g, y.shape[-2:]) if multipliers is None else multipliers).to(y.dtype)
         steps = m[..., None, None] * self.tables.to(y.dtype)[None, :, None, None]  # [B,2,H/8,W/8,8,8]
         # baseline JPEG stores steps as bytes: libjpeg caps them at 255 (most high frequencies below q≈20)
         steps = torch.minimum(steps, steps.new_tensor(255.0))
         out = quantise_ycc((y + 1) * 127.5, steps[:, 0], steps[:, 1], subsample=self.subsample,
-                           quantiser=functools.partial(round_to_step, zero_bin_gradient=not self.training))
+                           quantiser=(round_to_step if dither is None
+                                      else functools.partial(dither_to_step, generator=dither)))
         return out / 127.5 - 1
