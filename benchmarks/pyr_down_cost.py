@@ -5,7 +5,7 @@ version, and of a whole ``Strokes`` mask build.
 
 Prints the median (and fastest) seconds of the reference and of ``redegrade``'s ``pyr_down`` on a
 random binary ``size²`` mask, their ratio, and the same for a 17-stroke (XL) mask at resolution
-``size`` (a ``4·size``² canvas). ``tests/test_degradations.py`` checks that both versions agree.
+``size`` (a ``4·size``² canvas). ``tests/test_degradations_inpaint.py`` checks that both versions agree.
 """
 from __future__ import annotations
 
