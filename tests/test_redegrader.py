@@ -96,6 +96,8 @@ def test_forward_before_reset_and_bad_inputs(red):
         red.encode(_img(1, 30, 30))
     with pytest.raises(ShapeError):
         red.reset(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ShapeError, match="at least 16"):  # the encoders' codes would be NaN
+        red.reset(_img(1, 8, 8))
     red.reset(_img())
     with pytest.raises(ShapeError):
         red(torch.zeros(1, 4, 32, 32))
