@@ -36,9 +36,6 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 #: ``checkpoint="auto"`` checkpoints from this image size on (512²): at 256² the paper-size U-Net's
 #: backward fits in a few GB and recomputing would only cost time.
 AUTO_CHECKPOINT_PIXELS = 512 * 512
-#: Smallest observation side the encoders read: the JPEG signatures look at the 8×8 grid shifted by 4,
-#: which a side of 8 leaves empty (its mean is NaN and every code with it).
-MIN_SIDE = 16
 
 
 def default_dir() -> Path:
@@ -167,8 +164,6 @@ class Redegrader(ForwardModel):
         """e_g, e_l = E(y) (detached leaves), n = fresh N(0,1) maps from ``generator`` (seed 0 if None),
         and the JPEG dither's seed drawn from it next."""
         check_image(y, "observation", multiple_of=MULTIPLE)
-        if min(y.shape[-2:]) < MIN_SIDE:
-            raise ShapeError(f"observation must be at least {MIN_SIDE}×{MIN_SIDE} px, got {y.shape[-2]}×{y.shape[-1]}")
         with torch.no_grad():
             code = self.model.encode(y)
         generator = torch.Generator().manual_seed(0) if generator is None else generator

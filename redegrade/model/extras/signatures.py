@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from redegrade.errors import ShapeError
 from redegrade.pixels.jpeg import dct_matrix, quantization_tables, split_blocks
 from redegrade.pixels.scale import to_unit
 from redegrade.pixels.stats import MAD_TO_STD, haar_hh, luma
@@ -18,6 +19,9 @@ SIGNATURE_DIM = 64
 LATTICE_QUALITIES = tuple(range(5, 100))
 #: Length of :func:`noise_signature`: 3 scales × 3 channels × 2 statistics.
 NOISE_SIGNATURE_DIM = 18
+#: Smallest side they read: :func:`jpeg_signature` also looks at the 8×8 grid shifted by 4, which a
+#: side of 8 leaves empty (its mean is NaN, and so is every code that reads it).
+MIN_SIDE = 16
 
 
 def jpeg_signature(y: torch.Tensor) -> torch.Tensor:
@@ -104,7 +108,10 @@ class Signatures(nn.Module):
         nn.init.normal_(self.lattice.weight, std=0.01)
 
     def forward(self, e_g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """HDEN's code ``e_g`` [B,dim_g] plus the three reads of ``y`` [B,3,H,W]."""
+        """HDEN's code ``e_g`` [B,dim_g] plus the three reads of ``y`` [B,3,H,W] (sides ≥ :data:`MIN_SIDE`)."""
+        if min(y.shape[-2:]) < MIN_SIDE:
+            raise ShapeError(f"observation must be at least {MIN_SIDE}×{MIN_SIDE} px for the degradation "
+                             f"model's signatures, got {y.shape[-2]}×{y.shape[-1]}")
         e_g = e_g + self.jpeg(jpeg_signature(y))
         e_g = e_g + self.noise(noise_signature(y))
         return e_g + self.lattice(jpeg_lattice(y))
