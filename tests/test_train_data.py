@@ -160,8 +160,20 @@ def test_ffhqx_mix_draws_rsg_tasks_keeps_the_size_and_labels_jpeg():
         seen.add(params["task"])
         assert y.shape == x.shape and y.abs().max() <= 1
         assert ("jpeg" in params) == ("A" in params["task"])
+        assert params.get("noisy", False) == ("N" in params["task"])
         assert torch.equal(mix.apply(x, params), y)  # the parameters say everything: pairs can re-apply them
     assert {"U", "N", "A", "P"} <= seen and any(len(t) > 1 for t in seen)
+
+
+def test_sampler_marks_the_samples_whose_task_adds_noise():
+    from redegrade.degradations.ffhqx import FFHQXMix
+
+    s = PairSampler(synthetic_images(2, 64, seed=0), crop=32, batch=8, seed=0, degrade=FFHQXMix(), clean_prob=0.2)
+    batches = [s.sample(k) for k in range(6)]
+    noisy = torch.cat([b.noisy for b in batches])
+    clean = torch.cat([b.clean for b in batches])
+    assert noisy.dtype == torch.bool and noisy.any() and (~noisy & ~clean).any()
+    assert not (noisy & clean).any()
 
 
 def test_photos_helper_splits_heldout_deterministically(tmp_path):

@@ -82,9 +82,36 @@ def test_residual_distribution_loss_wants_the_noises_strength_not_its_positions(
     assert float(torch.autograd.grad(loss, amplitude)[0]) < 0  # more noise is the way down
 
 
+def test_residual_distribution_loss_leaves_out_the_images_weighted_zero():
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([_photo(32), _photo(32).flip(-1)])
+    y = x + 0.2 * torch.randn(x.shape, generator=g)
+    y_hat = x.clone().requires_grad_(True)
+    full = L.residual_distribution_loss(x, y, y_hat)
+    first = L.residual_distribution_loss(x, y, y_hat, torch.tensor([True, False]))
+    assert float(first) == pytest.approx(float(L.residual_distribution_loss(x[:1], y[:1], y_hat[:1])) / 2)
+    assert float(first) < float(full)
+    grad = torch.autograd.grad(first, y_hat)[0]
+    assert grad[0].abs().sum() > 0 and grad[1].abs().sum() == 0
+
+
 def test_dist_term_trains_when_weighted():
     before, after = _losses_before_after(8, lambda_dist=50.0)
     assert "dist" in before and after["dist"] < before["dist"]
+
+
+def test_dist_term_sees_only_the_samples_marked_noisy():
+    torch.manual_seed(0)
+    trainer = Trainer(build_model("tiny"), TrainConfig(preset="tiny", crop=32, batch=4, queue=8, lambda_dist=1.0))
+    b = _sampler().sample(0)
+
+    def dist(noisy):
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(5)
+            return float(trainer.losses(b.x, b.y, b.y_pos, g, noisy=noisy)[1]["dist"])
+
+    assert dist(None) > 0 and dist(torch.zeros(4, dtype=torch.bool)) == 0.0
+    assert 0 < dist(torch.tensor([True, False, False, False])) < dist(None)
 
 
 def test_color_loss_sees_colour_casts_not_detail():

@@ -118,7 +118,8 @@ class FFHQXMix:
     ``x`` is a square ``[1,3,R,R]`` in ``[-1,1]``; tasks are built for R. Where U makes ``y`` smaller
     it is resized back to R (area/bicubic, as the restore CLI brings every observation to the prior's
     size), so the model learns the degradation the inversion will show it. ``params`` holds the task,
-    level and seed, and ``{"jpeg": {"quality": q}}`` when the task compresses (the JPEG head's label).
+    level and seed, ``{"jpeg": {"quality": q}}`` when the task compresses (the JPEG head's label) and
+    ``"noisy": True`` when it adds noise (y given x is then random pixel by pixel).
     """
 
     def __init__(self, tasks: list[str] | None = None):
@@ -130,6 +131,8 @@ class FFHQXMix:
                         "seed": int(torch.randint(2 ** 62, (1,), generator=generator))}
         if "A" in name:
             params["jpeg"] = {"quality": QUALITIES[level]}
+        if "N" in name:
+            params["noisy"] = True
         return params
 
     @torch.no_grad()

@@ -80,6 +80,7 @@ class Batch:
     clean: torch.Tensor | None = None    # [B] bool: y is x, undegraded (see clean_prob)
     jpeg_quality: torch.Tensor | None = None  # [B] int: the JPEG quality y was saved at, 0 for none
     noise_std: torch.Tensor | None = None     # [B] float: the Gaussian noise std added to y ([0,1] units), 0 for none
+    noisy: torch.Tensor | None = None         # [B] bool: y given x is random pixel by pixel (the task adds noise)
 
 
 class PairSampler:
@@ -154,7 +155,7 @@ class PairSampler:
     def sample(self, step: int) -> Batch:
         """The batch for training step ``step`` (same step, same seed → same tensors)."""
         g = self.generator(step)
-        xs, ys, ps, cl, jq, ns = [], [], [], [], [], []
+        xs, ys, ps, cl, jq, ns, nz = [], [], [], [], [], [], []
         groups = self.batch // 2 if self.pairs else self.batch
         idx = torch.multinomial(self.weights, groups, replacement=True, generator=g).tolist()
         for i in idx:
@@ -174,6 +175,7 @@ class PairSampler:
                 degraded = [d.clamp(-1, 1) for d in degraded]
             jq += [int(params.get("jpeg", {}).get("quality", 0))] * len(regions)
             ns += [float(params.get("gaussian_noise", {}).get("std", 0.0))] * len(regions)
+            nz += [bool(params.get("gaussian_noise") or params.get("noisy"))] * len(regions)
             for region, deg in zip(regions, degraded):
                 t1, l1 = self._offset(g), self._offset(g)
                 t2, l2 = self._offset(g), self._offset(g)
@@ -181,10 +183,11 @@ class PairSampler:
                 ys.append(self._crop(deg, t1, l1))
                 ps.append(self._crop(deg, t2, l2))
         x, y, clean, quality, std = torch.cat(xs), torch.cat(ys), torch.tensor(cl), torch.tensor(jq), torch.tensor(ns)
+        noisy = torch.tensor(nz)
         if not self.pairs:
-            return Batch(x, y, torch.cat(ps), clean=clean, jpeg_quality=quality, noise_std=std)
+            return Batch(x, y, torch.cat(ps), clean=clean, jpeg_quality=quality, noise_std=std, noisy=noisy)
         partner = torch.arange(self.batch) ^ 1
-        return Batch(x, y, y[partner], partner, clean, quality, std)
+        return Batch(x, y, y[partner], partner, clean, quality, std, noisy)
 
 
 def synthetic_images(n: int = 4, size: int = 96, seed: int = 0) -> list[torch.Tensor]:

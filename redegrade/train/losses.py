@@ -66,8 +66,11 @@ def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, kernel: int = 45, sigma:
     return (gaussian_blur(norm(y), kernel, sigma) - gaussian_blur(norm(y_hat), kernel, sigma)).abs().mean()
 
 
-def residual_distribution_loss(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+def residual_distribution_loss(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor,
+                               weight: torch.Tensor | None = None) -> torch.Tensor:
     """1-D Wasserstein distance between the values of ``y − x`` and of ``ŷ − x``, per image and channel.
+
+    ``weight`` ([B]) weighs each image's distance before the batch mean (default: all 1).
 
     Why: the pixel objectives compare y and ŷ pixel by pixel, and the best pixel-wise prediction of a
     noisy y is (nearly) noise-free: trained on them, the model rendered half of N's noise and few of its
@@ -79,7 +82,10 @@ def residual_distribution_loss(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Te
     check_pair(x, y)
     r = (y - x).flatten(2).sort(dim=-1).values
     r_hat = (y_hat - x).flatten(2).sort(dim=-1).values
-    return (r - r_hat).abs().mean()
+    per_image = (r - r_hat).abs().mean(dim=(1, 2))
+    if weight is None:
+        return per_image.mean()
+    return (per_image * weight.to(per_image)).mean()
 
 
 def diversity_loss(a: torch.Tensor, b: torch.Tensor, *, c2: float = 0.12, window: int = 11,

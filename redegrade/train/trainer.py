@@ -79,14 +79,16 @@ class Trainer:
     # ----------------------------------------------------------------- one step
     def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator,
                partner: torch.Tensor | None = None, clean: torch.Tensor | None = None,
-               jpeg_quality: torch.Tensor | None = None, noise_std: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+               jpeg_quality: torch.Tensor | None = None, noise_std: torch.Tensor | None = None,
+               noisy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0).
 
         ``partner`` (pairs of samples degraded alike) makes each sample use its partner's code; ``clean``
         marks samples whose target is undegraded, which also get a pixel L1 (per batch sample, so its
         weight does not depend on how many clean samples a batch happens to hold); ``jpeg_quality``
-        (0 = none) supervises a JPEG head's step, ``noise_std`` (0 = none) a noise head's level.
+        (0 = none) supervises a JPEG head's step, ``noise_std`` (0 = none) a noise head's level;
+        ``noisy`` marks the samples whose y is random given x, the only ones the residual distribution
+        term sees (all of them when None).
         """
         c, m = self.config, self.model
         code = m.encode(y)
@@ -113,7 +115,9 @@ class Trainer:
         if c.lambda_quality:
             terms["quality"] = self.quality(y, y_hat)
         if c.lambda_dist:
-            terms["dist"] = L.residual_distribution_loss(x, y, y_hat)
+            # Only where y given x is random: for a deterministic degradation the pixel terms already
+            # aim at the one right ŷ, and matching value histograms there only pulls the model off it.
+            terms["dist"] = L.residual_distribution_loss(x, y, y_hat, noisy)
         if "jpeg_multipliers" in heads and jpeg_quality is not None and c.lambda_jpeg:
             steps = heads["jpeg_multipliers"]
             terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
@@ -147,9 +151,10 @@ class Trainer:
         g = torch.Generator().manual_seed((self.config.seed * 7_919 + self.step_count + 1) % (2 ** 63))
         x, y, y_pos = (t.to(self.device) for t in (batch.x, batch.y, batch.y_pos))
         t_data = time.perf_counter() - t0
-        partner, clean, quality, std = (t.to(self.device) if t is not None else None
-                                        for t in (batch.partner, batch.clean, batch.jpeg_quality, batch.noise_std))
-        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality, std)
+        partner, clean, quality, std, noisy = (
+            t.to(self.device) if t is not None else None
+            for t in (batch.partner, batch.clean, batch.jpeg_quality, batch.noise_std, batch.noisy))
+        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality, std, noisy)
         if not torch.isfinite(total):
             raise ConfigError(f"training diverged at step {self.step_count} (loss {float(total)}; terms "
                               f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or a --lambda-*")
