@@ -9,7 +9,9 @@ For in-range pairs (x drawn from the generator, y = FFHQ-X task of x) it prints,
   pixel) of L(wrong) − L(true x): a forward model can only lead the inversion to x when it is
   clearly positive;
 * **gradient** — the cosine between ∇ₓ L(y, A(x₀)) of each forward model and of the known degradation
-  at x₀ = x blurred, and with the step that would mend x₀ (x − x₀).
+  at x₀ = x blurred, and with the step that would mend x₀ (x − x₀);
+* **noise** — how much noise A(true x) renders against y: the σ of the finest Haar band and the share of
+  black (dropped) pixels, for y, the known degradation and the Redegrader at E(y).
 
 Minutes on CPU, against an hour for a table of full inversions (``benchmarks/inrange.py``):
 
@@ -34,6 +36,7 @@ from redegrade.cli import setup_logging, user_errors  # noqa: E402
 from redegrade.image import resize  # noqa: E402
 
 DRAWS = 4  # draws of the known degradation's random approximation (noise, drop mask)
+BLACK = -0.95  # a pixel this dark in all channels counts as dropped (N's pixel drop writes black)
 
 
 def candidates(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -98,6 +101,7 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
     from redegrade.forward import Identity, KnownDegradation
     from redegrade.objective import build
     from redegrade.pixels.scale import psnr
+    from redegrade.pixels.stats import haar_hh
     from redegrade.redegrader import Redegrader
     from redegrade.session import DEFAULT_REDEGRADER
 
@@ -127,9 +131,13 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
                            "known": {k: float(known_loss(objective, y_true, deg, c, R)) for k, c in cands.items()}}
                 red.reset(y, generator=settings.generator(s))
                 columns["red E(y)"] = {k: float(objective(y, red(c))) for k, c in cands.items()}
+                known_x, red_x = KnownDegradation(deg, resolution=R)(x), red(x)
                 acc["psnr identity"].append(float(psnr(x, y)))
-                acc["psnr known"].append(float(psnr(KnownDegradation(deg, resolution=R)(x), y_true)))
-                acc["psnr red E(y)"].append(float(psnr(red(x), y)))
+                acc["psnr known"].append(float(psnr(known_x, y_true)))
+                acc["psnr red E(y)"].append(float(psnr(red_x, y)))
+                for label, a in (("y", y), ("known", known_x), ("red", red_x)):
+                    acc[f"hp {label}"].append(float(haar_hh(a).std()))
+                    acc[f"black {label}"].append(float((a < BLACK).all(dim=1).float().mean()))
             # gradients at a wrong estimate x0 (blurred x); identity and red at E(y)
             x0 = cands["blurred"]
             torch.manual_seed(s)
@@ -166,7 +174,11 @@ def report(task: str, acc: dict, n: int) -> str:
     lines += ["", f"gradient at x blurred: cos(identity, known) {mean['cos identity·known']:+.2f}, "
                   f"cos(red, known) {mean['cos red E(y)·known']:+.2f}; descent · mend: identity "
                   f"{mean['cos identity·mend']:+.2f}, red {mean['cos red E(y)·mend']:+.2f}, "
-                  f"known {mean['cos known·mend']:+.2f}"]
+                  f"known {mean['cos known·mend']:+.2f}",
+              "", f"noise rendered at the true x (A(x) against y): finest Haar band σ y {mean['hp y']:.3f}, "
+                  f"known {mean['hp known']:.3f}, red {mean['hp red']:.3f}; black pixels y "
+                  f"{100 * mean['black y']:.1f} %, known {100 * mean['black known']:.1f} %, red "
+                  f"{100 * mean['black red']:.1f} %"]
     return "\n".join(lines)
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +38,7 @@ def test_inrange_prints_every_task_and_mode_with_per_phase_psnr(tmp_path):
 
 
 def test_diagnose_reports_margins_for_identity_known_and_redegrader(tmp_path):
-    res = _run("diagnose.py", "--resolution", "32", "--images", "1", "--tasks", "A", "--fit-steps", "2",
+    res = _run("diagnose.py", "--resolution", "32", "--images", "1", "--tasks", "A,N", "--fit-steps", "2",
                tmp=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "### A_M" in res.stdout and "**margin**" in res.stdout and "cos(red, known)" in res.stdout
@@ -43,3 +46,9 @@ def test_diagnose_reports_margins_for_identity_known_and_redegrader(tmp_path):
     margin_row = next(line for line in res.stdout.splitlines() if line.startswith("| **margin**"))
     known = float(margin_row.split("|")[3].strip().strip("*"))
     assert known > 0
+    # the noise measurement: N's known degradation renders y's noise level and drops pixels as y does
+    noise = res.stdout.split("### N_M")[1]
+    sigma = dict(re.findall(r"(y|known|red) (\d+\.\d+)(?!\s*%)", noise.split("black pixels")[0].split("band σ")[1]))
+    black = dict(re.findall(r"(y|known|red) (\d+\.\d+) %", noise))
+    assert float(sigma["known"]) == pytest.approx(float(sigma["y"]), rel=0.3)
+    assert float(black["y"]) > 1 and float(black["known"]) > 1
