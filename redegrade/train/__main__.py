@@ -46,8 +46,8 @@ D = TrainConfig()
 @click.option("--lambda-quality", type=float, default=D.lambda_quality,
               help="Weight of the per-image noise/sharpness/blockiness match (QualityLoss; 0 = off).")
 @click.option("--lambda-dist", type=float, default=D.lambda_dist,
-              help="Weight of the 1-D Wasserstein distance between the values of y − x and ŷ − x per image "
-                   "(the degradation's randomness at its true strength; 0 = off).")
+              help="Weight of the 1-D Wasserstein distance between the values of y − x and ŷ − x, on the "
+                   "images whose degradation adds noise (its randomness at its true strength; 0 = off).")
 @click.option("--lambda-jpeg", type=float, default=D.lambda_jpeg,
               help="Weight of the JPEG head's step against each sample's known JPEG quality (0 = off).")
 @click.option("--jpeg-steps-from-label/--no-jpeg-steps-from-label", default=D.jpeg_steps_from_label,

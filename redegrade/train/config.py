@@ -27,7 +27,7 @@ class TrainConfig:
     lambda_quality: float = 1.0    # per-image noise/sharpness/blockiness match (QualityLoss; not in CDD)
     lambda_jpeg: float = 1.0       # JPEG head's step vs the sample's known quality (jpeg_step_loss; not in CDD)
     jpeg_steps_from_label: bool = False  # only jpeg_step_loss moves the JPEG head's steps (see Trainer)
-    lambda_dist: float = 0.0       # residual distributions of y and ŷ (residual_distribution_loss; not in CDD)
+    lambda_dist: float = 0.0       # residual distributions of y and ŷ on noisy samples (residual_distribution_loss; not in CDD)
     lambda_noise: float = 0.0      # noise head's level vs the sample's known noise (noise_level_loss; not in CDD)
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0
