@@ -68,8 +68,7 @@ def color_loss(y: torch.Tensor, y_hat: torch.Tensor, *, kernel: int = 45, sigma:
 
 def residual_distribution_loss(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor,
                                weight: torch.Tensor | None = None) -> torch.Tensor:
-    """1-D Wasserstein distance between the values of the high-pass of ``y − x`` and of ``ŷ − x``, per
-    image and channel (high-pass: the residual minus its Gaussian blur, σ = 1 px).
+    """1-D Wasserstein distance between the values of ``y − x`` and of ``ŷ − x``, per image and channel.
 
     ``weight`` ([B]) weighs each image's distance before the batch mean (default: all 1).
 
@@ -77,19 +76,12 @@ def residual_distribution_loss(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Te
     noisy y is (nearly) noise-free: trained on them, the model rendered half of N's noise and few of its
     dropped pixels, and an inversion through a forward model that is too clean fits the rest of y's noise
     into x. Sorted residuals compare distributions, not positions, so a right noise with another random
-    state costs nothing, and too little noise (or too few dropped pixels) costs in proportion. Only the
-    high-pass is compared because that is where pixel noise is and the image is not: on the whole
-    residual, a model that cannot place dropped pixels lowered the distance with smooth changes of
-    contrast instead, which it then also made where nothing was noisy.
+    state costs nothing, and too little noise (or too few dropped pixels) costs in proportion.
     """
     check_pair(y, y_hat)
     check_pair(x, y)
-
-    def high_pass(t: torch.Tensor) -> torch.Tensor:
-        return t - gaussian_blur(t, 5, 1.0)
-
-    r = high_pass(y - x).flatten(2).sort(dim=-1).values
-    r_hat = high_pass(y_hat - x).flatten(2).sort(dim=-1).values
+    r = (y - x).flatten(2).sort(dim=-1).values
+    r_hat = (y_hat - x).flatten(2).sort(dim=-1).values
     per_image = (r - r_hat).abs().mean(dim=(1, 2))
     if weight is None:
         return per_image.mean()
