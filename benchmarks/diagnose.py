@@ -11,7 +11,8 @@ For in-range pairs (x drawn from the generator, y = FFHQ-X task of x) it prints,
 * **gradient** — the cosine between ∇ₓ L(y, A(x₀)) of each forward model and of the known degradation
   at x₀ = x blurred, and with the step that would mend x₀ (x − x₀);
 * **noise** — how much noise A(true x) renders against y: the σ of the finest Haar band and the share of
-  black (dropped) pixels, for y, the known degradation and the Redegrader at E(y).
+  black (dropped) pixels, and its brightness and contrast against x's (mean difference, std ratio), for
+  y, the known degradation and the Redegrader at E(y).
 
 Minutes on CPU, against an hour for a table of full inversions (``benchmarks/inrange.py``):
 
@@ -81,6 +82,8 @@ def grad_at(objective, y, A, x0):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--generator", default=None, help="StyleGAN2 .pkl/.safetensors (default: the 64² built-in one).")
 @click.option("--resolution", type=click.IntRange(16), default=64, show_default=True)
+@click.option("--generator-seed", type=int, default=0, show_default=True,
+              help="Weights of the built-in generator (ignored with --generator), as in inrange.py.")
 @click.option("--images", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--tasks", default="N,A,NA,P,U", show_default=True)
 @click.option("--level", default="M", show_default=True)
@@ -89,14 +92,14 @@ def grad_at(objective, y, A, x0):
 @click.option("--fit-steps", type=click.IntRange(0), default=100, show_default=True,
               help="Adam steps on e (and n) with x fixed, lr 0.03.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(generator, resolution, images, tasks, level, loss, redegrader, fit_steps, seed):
+def main(generator, resolution, generator_seed, images, tasks, level, loss, redegrader, fit_steps, seed):
     """Identifiability of the true image under identity, the known degradation and the Redegrader."""
     setup_logging()
-    sys.exit(run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps, seed))
+    sys.exit(run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps, seed, generator_seed))
 
 
 @user_errors
-def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps, seed) -> int:
+def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps, seed, generator_seed=0) -> int:
     from redegrade.degradations import ffhqx
     from redegrade.forward import Identity, KnownDegradation
     from redegrade.objective import build
@@ -106,7 +109,7 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
     from redegrade.session import DEFAULT_REDEGRADER
 
     if generator is None:
-        G = natural_generator(resolution, seed=0)
+        G = natural_generator(resolution, seed=generator_seed)
     else:
         from redegrade_stylegan2 import load_generator
 
@@ -138,6 +141,8 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
                 for label, a in (("y", y), ("known", known_x), ("red", red_x)):
                     acc[f"hp {label}"].append(float(haar_hh(a).std()))
                     acc[f"black {label}"].append(float((a < BLACK).all(dim=1).float().mean()))
+                    acc[f"shift {label}"].append(float(a.mean() - x.mean()))
+                    acc[f"contrast {label}"].append(float(a.std() / x.std()))
             # gradients at a wrong estimate x0 (blurred x); identity and red at E(y)
             x0 = cands["blurred"]
             torch.manual_seed(s)
@@ -178,7 +183,9 @@ def report(task: str, acc: dict, n: int) -> str:
               "", f"noise rendered at the true x (A(x) against y): finest Haar band σ y {mean['hp y']:.3f}, "
                   f"known {mean['hp known']:.3f}, red {mean['hp red']:.3f}; black pixels y "
                   f"{100 * mean['black y']:.1f} %, known {100 * mean['black known']:.1f} %, red "
-                  f"{100 * mean['black red']:.1f} %"]
+                  f"{100 * mean['black red']:.1f} %; mean − x's y {mean['shift y']:+.3f}, known "
+                  f"{mean['shift known']:+.3f}, red {mean['shift red']:+.3f}; std / x's y {mean['contrast y']:.2f}, "
+                  f"known {mean['contrast known']:.2f}, red {mean['contrast red']:.2f}"]
     return "\n".join(lines)
 
 
