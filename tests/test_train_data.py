@@ -136,6 +136,17 @@ def test_sampler_records_each_samples_noise_std():
     assert 0 < int((std > 0).sum()) < 32  # the WQI mix adds noise to some samples (CDD: p = 0.4)
 
 
+def test_sampler_marks_wqi_samples_noisy_when_a_noise_step_ran():
+    from redegrade.degradations.wqi import WQIConfig
+
+    def noisy(**probs):
+        cfg = WQIConfig(blur_prob=0, motion_prob=0, exposure_prob=0, **probs)
+        return PairSampler(synthetic_images(2, 64, seed=0), crop=32, batch=4, seed=0, wqi=cfg).sample(0).noisy
+
+    assert noisy(flicker_prob=1, noise_prob=0).all() and noisy(flicker_prob=0, noise_prob=1).all()
+    assert not noisy(flicker_prob=0, noise_prob=0).any()
+
+
 def test_blur_max_sigma_reaches_the_wqi_mix(tmp_path):
     from redegrade.train.loop import sampler_for
 

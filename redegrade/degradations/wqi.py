@@ -103,6 +103,10 @@ def pink_noise(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     return field / field.flatten(-2).std(-1).clamp_min(1e-12)[..., None, None]
 
 
+#: The steps whose output is random given x, pixel by pixel (a noise field is drawn in :meth:`WQIMix.apply`).
+NOISE_STEPS = ("flicker_noise", "gaussian_noise")
+
+
 class WQIMix:
     """Callable ``(x, generator) -> (y, params)`` applying the mix with ``config``.
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from redegrade.degradations.wqi import WQIConfig, WQIMix
+from redegrade.degradations.wqi import NOISE_STEPS, WQIConfig, WQIMix
 from redegrade.errors import InputError
 from redegrade.image import shrink_short_side
 
@@ -175,7 +175,8 @@ class PairSampler:
                 degraded = [d.clamp(-1, 1) for d in degraded]
             jq += [int(params.get("jpeg", {}).get("quality", 0))] * len(regions)
             ns += [float(params.get("gaussian_noise", {}).get("std", 0.0))] * len(regions)
-            nz += [bool(params.get("gaussian_noise") or params.get("noisy"))] * len(regions)
+            # FFHQ-X labels its noisy tasks; a WQI draw is noisy when it ran one of the mix's noise steps
+            nz += [bool(params.get("noisy") or any(k in params for k in NOISE_STEPS))] * len(regions)
             for region, deg in zip(regions, degraded):
                 t1, l1 = self._offset(g), self._offset(g)
                 t2, l2 = self._offset(g), self._offset(g)
