@@ -80,7 +80,8 @@ class Trainer:
     def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator,
                partner: torch.Tensor | None = None, clean: torch.Tensor | None = None,
                jpeg_quality: torch.Tensor | None = None, noise_std: torch.Tensor | None = None,
-               noisy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+               noisy: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0).
 
         ``partner`` (pairs of samples degraded alike) makes each sample use its partner's code; ``clean``
