@@ -235,7 +235,8 @@ class RestoreCommand(OneLineCommand):
               help="Installed backend (entry-point group redegrade.backends); see --list-backends.")
 @click.option("--list-backends", is_flag=True, help="List installed backends with their source and status, then exit.")
 @click.option("--mode", type=click.Choice(["blind", "naive"]), default="blind", show_default=True,
-              help="blind: the Redegrader models the degradation (e_g, e_l, n are optimised); "
+              help="blind: the Redegrader models the degradation, from its code e = E(input) (rsg keeps e and "
+                   "n fixed unless --set optimise=e_g,e_l,n); "
                    "naive: identity forward model (pretend the input is clean).")
 @click.option("--redegrader", metavar="NAME|PATH", default=None,
               help="Redegrader folder, checkpoint (ours, or a CDD trainer checkpoint such as model_latest.pt) or "
