@@ -11,8 +11,9 @@ For in-range pairs (x drawn from the generator, y = FFHQ-X task of x) it prints,
 * **gradient** — the cosine between ∇ₓ L(y, A(x₀)) of each forward model and of the known degradation
   at x₀ = x blurred, and with the step that would mend x₀ (x − x₀);
 * **noise** — how much noise A(true x) renders against y: the σ of the finest Haar band and the share of
-  black (dropped) pixels, and its brightness and contrast against x's (mean difference, std ratio), for
-  y, the known degradation and the Redegrader at E(y).
+  black (dropped) pixels, and its brightness and contrast against x's (mean difference, std ratio), the
+  mean difference also on x's darkest and brightest quarter of values (N's pixel drop darkens in
+  proportion to intensity), for y, the known degradation and the Redegrader at E(y).
 
 Minutes on CPU, against an hour for a table of full inversions (``benchmarks/inrange.py``):
 
@@ -46,6 +47,13 @@ def candidates(x: torch.Tensor) -> dict[str, torch.Tensor]:
             "blurred": F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), 5, stride=1),
             "darkened": 0.84 * (x + 1) - 1,
             "shifted": torch.roll(x, 1, dims=-1)}
+
+
+def shift_by_intensity(a: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
+    """Mean of a − x over x's darkest and over its brightest quarter of values (channels apart)."""
+    lo, hi = torch.quantile(x.flatten(), torch.tensor([0.25, 0.75], dtype=x.dtype))
+    d = a - x
+    return float(d[x <= lo].mean()), float(d[x >= hi].mean())
 
 
 def known_loss(objective, y, deg, x, R):
@@ -142,6 +150,9 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
                     acc[f"hp {label}"].append(float(haar_hh(a).std()))
                     acc[f"black {label}"].append(float((a < BLACK).all(dim=1).float().mean()))
                     acc[f"shift {label}"].append(float(a.mean() - x.mean()))
+                    dark, bright = shift_by_intensity(a, x)
+                    acc[f"shift dark {label}"].append(dark)
+                    acc[f"shift bright {label}"].append(bright)
                     acc[f"contrast {label}"].append(float(a.std() / x.std()))
             # gradients at a wrong estimate x0 (blurred x); identity and red at E(y)
             x0 = cands["blurred"]
@@ -185,7 +196,10 @@ def report(task: str, acc: dict, n: int) -> str:
                   f"{100 * mean['black y']:.1f} %, known {100 * mean['black known']:.1f} %, red "
                   f"{100 * mean['black red']:.1f} %; mean − x's y {mean['shift y']:+.3f}, known "
                   f"{mean['shift known']:+.3f}, red {mean['shift red']:+.3f}; std / x's y {mean['contrast y']:.2f}, "
-                  f"known {mean['contrast known']:.2f}, red {mean['contrast red']:.2f}"]
+                  f"known {mean['contrast known']:.2f}, red {mean['contrast red']:.2f}; mean − x's on x's darkest / "
+                  f"brightest quarter y {mean['shift dark y']:+.3f} / {mean['shift bright y']:+.3f}, known "
+                  f"{mean['shift dark known']:+.3f} / {mean['shift bright known']:+.3f}, red "
+                  f"{mean['shift dark red']:+.3f} / {mean['shift bright red']:+.3f}"]
     return "\n".join(lines)
 
 

@@ -52,3 +52,7 @@ def test_diagnose_reports_margins_for_identity_known_and_redegrader(tmp_path):
     black_y, black_known = map(float, re.search(r"black pixels y ([\d.]+) %, known ([\d.]+) %", noise).groups())
     assert sigma_known == pytest.approx(sigma_y, rel=0.3)
     assert black_y > 1 and black_known > 1
+    # N's drop darkens x's brightest values more than its darkest ones, in y and in the known degradation
+    dark_y, bright_y, dark_known, bright_known = map(float, re.search(
+        r"brightest quarter y ([-+.\d]+) / ([-+.\d]+), known ([-+.\d]+) / ([-+.\d]+)", noise).groups())
+    assert bright_y < dark_y < 0.05 and bright_known < dark_known < 0.05

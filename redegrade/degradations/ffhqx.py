@@ -143,6 +143,18 @@ class FFHQXMix:
         deg = task(params["task"], params["level"], resolution=x.shape[-1], seed=params["seed"])
         return resize(deg.apply(x), tuple(x.shape[-2:]))
 
+    @torch.no_grad()
+    def keep_mask(self, x: torch.Tensor, params: dict) -> torch.Tensor:
+        """``[1,1,R,R]``: 0 where :meth:`apply` with ``params`` drops a pixel of ``x`` (N's Bernoulli drop),
+        1 elsewhere. After U, N drops pixels of the small image, which the resize back to R turns into
+        dark blobs, not dropped pixels: those tasks keep every pixel here, as tasks without N do."""
+        keep = x.new_ones(x.shape[0], 1, *x.shape[-2:])
+        if "N" not in params["task"] or "U" in params["task"]:
+            return keep
+        deg = task(params["task"], params["level"], resolution=x.shape[-1], seed=params["seed"])
+        noise = next(p for p in getattr(deg, "parts", [deg]) if isinstance(p, PoissonDrop))
+        return noise.keep_mask(x)  # N is the first part when U is absent (order U, N, A, P)
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         params = self.sample(generator)
         return self.apply(x, params), params
