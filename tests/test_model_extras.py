@@ -176,7 +176,7 @@ def test_pixel_drop_blackens_whole_pixels_where_its_noise_map_says_and_darkens_i
     darkening that ignores x is what made inversions brighten dark regions."""
     from redegrade.model.extras.pixel_drop import PixelDrop
 
-    m = _with("pixel_drop")
+    m = _with("signatures", "pixel_drop")
     assert m.num_noise == _with().num_noise + 1 and m.noise_shapes(32, 16)[-1] == (32, 16)
     head = PixelDrop(dim_g=8)
     e_g = torch.zeros(2, 8)
@@ -197,7 +197,7 @@ def test_pixel_drop_blackens_whole_pixels_where_its_noise_map_says_and_darkens_i
 
 
 def test_pixel_drop_uses_the_targets_own_drops_when_given_and_they_stay_black_whatever_x():
-    m = _with("pixel_drop")
+    m = _with("signatures", "pixel_drop")
     x = _img(1, 32, 32).requires_grad_(True)
     code = m.encode(_img(1, 32, 32, seed=3)).detach()
     noise = m.sample_noise(x, _gen(1))

@@ -10,7 +10,8 @@
 ``noise_head``       pixel noise from three extra full-size noise maps
                      (:class:`~redegrade.model.extras.noise_head.NoiseHead`)
 ``pixel_drop``       whole pixels set to black with a rate read from e_g, where a full-size noise map
-                     says (:class:`~redegrade.model.extras.pixel_drop.PixelDrop`): FFHQ-X's N
+                     says (:class:`~redegrade.model.extras.pixel_drop.PixelDrop`): FFHQ-X's N; e_g
+                     also reads the share of black pixels of y (needs ``signatures``)
 ``jpeg_head``        ŷ's block DCT rounded to JPEG steps read from e and e_g, last, as JPEG comes last
                      (:class:`~redegrade.model.extras.jpeg_head.JpegHead`)
 ``jpeg_420``         the JPEG head also subsamples chroma 4:2:0, as PIL and OpenCV write JPEG by default
@@ -36,7 +37,7 @@ from redegrade.model.extras.signatures import Signatures
 #: Every extra, in the order a config lists them.
 NAMES = ("global_residual", "grid_phase", "signatures", "noise_head", "pixel_drop", "jpeg_head", "jpeg_420")
 #: Extras that only modify another one.
-NEEDS = {"jpeg_420": "jpeg_head"}
+NEEDS = {"jpeg_420": "jpeg_head", "pixel_drop": "signatures"}
 #: Channels :func:`grid_phase` adds to the synthesis input.
 GRID_PHASE_CHANNELS = 8
 #: Noise maps the noise head draws from (full size, after the SFT layers' maps).
@@ -67,7 +68,7 @@ class Extras(nn.Module):
         super().__init__()
         self.global_residual = "global_residual" in names
         self.grid_phase = "grid_phase" in names
-        self.signatures = Signatures(dim_g) if "signatures" in names else None
+        self.signatures = Signatures(dim_g, drop="pixel_drop" in names) if "signatures" in names else None
         self.noise_head = NoiseHead(features, map_channels, dim_g=dim_g) if "noise_head" in names else None
         self.pixel_drop = PixelDrop(dim_g) if "pixel_drop" in names else None
         self.jpeg_head = (JpegHead(map_channels, dim_g, subsample="jpeg_420" in names)
