@@ -102,8 +102,7 @@ def test_configs_with_the_old_extra_flags_load_and_combinations_never_built_say_
            "noise_signature": True, "grid_phase": True}
     del old["extras"]
     cfg = ModelConfig.from_dict(old)
-    legacy_extras = tuple(n for n in extras.NAMES if n != "pixel_drop")  # the drop came after the flags
-    assert cfg == dataclasses.replace(ModelConfig.preset("tiny"), extras=legacy_extras)
+    assert cfg == dataclasses.replace(ModelConfig.preset("tiny"), extras=extras.NAMES)
     with pytest.raises(ConfigError, match="noise_code"):
         ModelConfig.from_dict({**old, "noise_code": False})
     with pytest.raises(ConfigError, match="all on or all off"):
@@ -169,43 +168,3 @@ def test_warm_start_leaves_skipped_parts_at_their_fresh_init(tmp_path):
     for k in own:
         want = new[k] if k.startswith("extras.noise_head.") else old[k]
         torch.testing.assert_close(own[k], want, msg=k)
-
-
-def test_pixel_drop_blackens_whole_pixels_where_its_noise_map_says_and_darkens_in_proportion_to_intensity():
-    """N's drop darkens a pixel by p·(x+1) in expectation: nothing at black, most at white. A smooth
-    darkening that ignores x is what made inversions brighten dark regions."""
-    from redegrade.model.extras.pixel_drop import PixelDrop
-
-    m = _with("signatures", "pixel_drop")
-    assert m.num_noise == _with().num_noise + 1 and m.noise_shapes(32, 16)[-1] == (32, 16)
-    head = PixelDrop(dim_g=8)
-    e_g = torch.zeros(2, 8)
-    assert float(head.rate(e_g).detach().max()) == pytest.approx(1e-3, rel=1e-3)  # starts (almost) without drops
-    with torch.no_grad():
-        head.code.bias.fill_(0.0)  # p = ½
-    x = torch.cat([torch.full((1, 3, 64, 64), -0.8), torch.full((1, 3, 64, 64), 0.8)])
-    n = torch.randn(2, 1, 64, 64, generator=_gen(0))
-    with torch.no_grad():
-        out, p = head(x, e_g, n)
-    assert torch.equal(p, torch.full((2,), 0.5))
-    dropped = (out == -1).all(dim=1)
-    assert torch.equal(dropped, (n < 0)[:, 0])  # Φ(n) < ½ ⇔ n < 0: the mask is the noise map's
-    kept = ~dropped[:, None].expand_as(x)
-    torch.testing.assert_close(out[kept], x[kept])
-    shift = (out - x).mean(dim=(1, 2, 3))
-    torch.testing.assert_close(shift, -0.5 * (x[:, 0, 0, 0] + 1), atol=0.03, rtol=0)
-
-
-def test_pixel_drop_uses_the_targets_own_drops_when_given_and_they_stay_black_whatever_x():
-    m = _with("signatures", "pixel_drop")
-    x = _img(1, 32, 32).requires_grad_(True)
-    code = m.encode(_img(1, 32, 32, seed=3)).detach()
-    noise = m.sample_noise(x, _gen(1))
-    keep = (torch.rand(1, 1, 32, 32, generator=_gen(2)) > 0.3).float()
-    y_hat, heads = m.synthesize_with_heads(x, code, noise, keep=keep)
-    assert torch.equal((y_hat == -1).all(dim=1, keepdim=True), keep == 0)
-    assert heads["drop_rate"].shape == (1,)
-    (grad_dropped,) = torch.autograd.grad((y_hat * (1 - keep)).sum(), x, retain_graph=True, allow_unused=True)
-    assert grad_dropped is None or not grad_dropped.any()  # a dropped pixel is black whatever x is
-    (grad_kept,) = torch.autograd.grad((y_hat * keep).sum(), x)
-    assert grad_kept.abs().sum() > 0

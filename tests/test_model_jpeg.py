@@ -190,27 +190,6 @@ def test_noise_signature_grows_with_noise_and_still_sees_it_after_jpeg():
     assert (sig["noisy"][1] > sig["clean"][1] + 0.3).all(), sig
 
 
-def test_drop_signature_grows_with_the_share_of_dropped_pixels_and_still_sees_them_after_jpeg():
-    skdata = pytest.importorskip("skimage.data")
-    from PIL import Image
-
-    from redegrade.degradations import ffhqx
-    from redegrade.image import pil_to_tensor
-    from redegrade.model.extras.signatures import drop_signature
-
-    x = pil_to_tensor(Image.fromarray(skdata.chelsea()).resize((128, 128), Image.Resampling.LANCZOS))
-    def sig(task: str, level: str = "M") -> torch.Tensor:
-        return drop_signature(ffhqx.task(task, level, resolution=128, seed=0).apply(x))[0]
-
-    black = [float(sig("N", lv)[0]) for lv in ffhqx.LEVELS]  # p = 0.04 … 0.64
-    assert all(a + 0.3 < b for a, b in zip(black, black[1:])), black
-    clean, strokes = drop_signature(x)[0], sig("P")
-    assert float(clean[:2].abs().max()) == 0  # no pixel of the photo is black in every channel
-    # strokes are black too, but in runs: the share of isolated black pixels tells drops from them
-    assert float(strokes[0]) > 4 and float(strokes[1]) < 0.5 < 4 < float(sig("N")[1])
-    assert float(sig("NA")[3]) > float(clean[3]) + 1.0  # JPEG greys the drops, the higher level still sees them
-
-
 def test_a_warm_start_adds_the_signature_reads_fresh_and_they_move_jpeg_codes_most(tmp_path):
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image

@@ -262,20 +262,3 @@ def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_ou
     for p in (head.code.weight, head.level[2].bias, head.level[2].weight, head.mix.weight,
               model.hden.head[2].weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
-
-
-def test_drop_rate_loss_teaches_the_pixel_drop_the_share_of_pixels_the_target_dropped():
-    keep = torch.ones(2, 1, 10, 10)
-    keep[0, :, :2] = 0  # 20 % dropped, none in the second
-    at_share = float(L.drop_rate_loss(torch.tensor([0.2, 0.0]), keep))
-    assert at_share < float(L.drop_rate_loss(torch.tensor([0.3, 0.0]), keep))
-    assert at_share < float(L.drop_rate_loss(torch.tensor([0.2, 0.1]), keep))
-    torch.manual_seed(0)
-    model = build_model("small-ffhqx")
-    b = _sampler(crop=32, batch=4).sample(0)
-    trainer = Trainer(model, TrainConfig(preset="small-ffhqx", lambda_contra=0.0, lambda_diver=0.0))
-    _, terms, y_hat, _ = trainer.losses(b.x, b.y, b.y_pos, torch.Generator().manual_seed(0), keep=keep.new_ones(4, 1, 32, 32))
-    terms["drop"].backward()
-    head = model.extras.pixel_drop
-    for p in (head.code.weight, head.code.bias, model.hden.head[2].weight):
-        assert p.grad is not None and p.grad.abs().sum() > 0

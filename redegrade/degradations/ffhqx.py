@@ -110,11 +110,6 @@ def benchmark_tasks(names: list[str] | None = None) -> list[tuple[str, str]]:
     return out
 
 
-def _noisy_at_full_size(name: str) -> bool:
-    """Whether task ``name`` adds N's noise and drops at the observation's resolution (not before U)."""
-    return "N" in name and "U" not in name
-
-
 class FFHQXMix:
     """FFHQ-X as a training mix, as the paper trained its FFHQ model for GAN inversion (tech-facts
     §1.12(b)): each sample gets one of RSG's 31 tasks (20 single tasks × levels, 11 combinations at M),
@@ -124,9 +119,7 @@ class FFHQXMix:
     it is resized back to R (area/bicubic, as the restore CLI brings every observation to the prior's
     size), so the model learns the degradation the inversion will show it. ``params`` holds the task,
     level and seed, ``{"jpeg": {"quality": q}}`` when the task compresses (the JPEG head's label) and
-    ``"noisy": True`` when it adds noise at the observation's resolution (y given x is then random pixel by
-    pixel). After U, N's noise and drops are drawn on the small image and the resize back to R makes
-    them smooth blotches that an observation cannot tell from content: not noisy in that sense.
+    ``"noisy": True`` when it adds noise (y given x is then random pixel by pixel).
     """
 
     def __init__(self, tasks: list[str] | None = None):
@@ -138,7 +131,7 @@ class FFHQXMix:
                         "seed": int(torch.randint(2 ** 62, (1,), generator=generator))}
         if "A" in name:
             params["jpeg"] = {"quality": QUALITIES[level]}
-        if _noisy_at_full_size(name):
+        if "N" in name:
             params["noisy"] = True
         return params
 
@@ -149,18 +142,6 @@ class FFHQXMix:
 
         deg = task(params["task"], params["level"], resolution=x.shape[-1], seed=params["seed"])
         return resize(deg.apply(x), tuple(x.shape[-2:]))
-
-    @torch.no_grad()
-    def keep_mask(self, x: torch.Tensor, params: dict) -> torch.Tensor:
-        """``[1,1,R,R]``: 0 where :meth:`apply` with ``params`` drops a pixel of ``x`` (N's Bernoulli drop),
-        1 elsewhere. After U, N drops pixels of the small image, which the resize back to R turns into
-        dark blobs, not dropped pixels: those tasks keep every pixel here, as tasks without N do."""
-        keep = x.new_ones(x.shape[0], 1, *x.shape[-2:])
-        if not _noisy_at_full_size(params["task"]):
-            return keep
-        deg = task(params["task"], params["level"], resolution=x.shape[-1], seed=params["seed"])
-        noise = next(p for p in getattr(deg, "parts", [deg]) if isinstance(p, PoissonDrop))
-        return noise.keep_mask(x)  # N is the first part when U is absent (order U, N, A, P)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         params = self.sample(generator)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from redegrade.degradations.base import Degradation
-from redegrade.pixels.scale import to_unit
 from redegrade.errors import ConfigError
 
 #: Steepness of the surrogate gradient of the clamp (RSG's ``AddNoise.k``).
@@ -64,26 +63,13 @@ class PoissonDrop(Degradation):
         # The approximation's own stream (seed + 1 keeps it apart from the ground truth's draws).
         self._approx_gen = torch.Generator().manual_seed((self.seed + 1) % 2**63)
 
-    def _draw(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ground truth's two draws for ``u`` in ``[0,1]``: the Poisson image and the keep-mask."""
+    def _apply(self, u: torch.Tensor) -> torch.Tensor:
         # A fresh CPU generator each call: the same target every time, whatever the device.
         g = torch.Generator().manual_seed(self.seed)
         v = u.detach().float().cpu()
-        counts = torch.poisson(v * self.photons, generator=g)
-        return counts / self.photons, drop_mask(tuple(v.shape), self.drop, g, v.device)
-
-    def _apply(self, u: torch.Tensor) -> torch.Tensor:
-        y, keep = self._draw(u)
-        return (y * keep).clamp(0, 1).to(u)
-
-    @torch.no_grad()
-    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B,1,H,W]``: 1 where :meth:`apply` keeps the pixel of ``x`` (``[-1,1]``), 0 where it drops it.
-
-        A model that renders the drop explicitly is trained with the pixels the target really dropped.
-        """
-        self._check_input(x)
-        return self._draw(to_unit(x.clamp(-1, 1)))[1].to(x)
+        y = torch.poisson(v * self.photons, generator=g) / self.photons
+        y = y * drop_mask(tuple(v.shape), self.drop, g, v.device)
+        return y.clamp(0, 1).to(u)
 
     def _approx(self, u: torch.Tensor) -> torch.Tensor:
         # The prior's output is pre-clamped because the true noise is added to images in [0,1].

@@ -52,7 +52,7 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
         """``paper`` (CDD sizes; for CDD's exact network see :mod:`redegrade.model.cdd`), ``small`` (trainable
-        on a few CPU cores), ``small-ffhqx`` (``small`` with a 4:2:0 JPEG head and a pixel drop, for FFHQ-X) or ``tiny`` (tests)."""
+        on a few CPU cores), ``small-ffhqx`` (``small`` with a 4:2:0 JPEG head, for FFHQ-X) or ``tiny`` (tests)."""
         try:
             return _PRESETS[name]
         except KeyError:
@@ -101,11 +101,10 @@ class ModelConfig:
 
     def noise_levels(self) -> list[int]:
         """Resolution level (0 = H, 1 = H/2, 2 = H/4) of each noise map: SFT layers in order, then the
-        noise head's three maps and the pixel drop's one."""
+        noise head's three maps."""
         level_of_stage = (0, 1, 2, 1, 0)
         sft = [level_of_stage[s] for s, n in enumerate(self.blocks) for _ in range(2 * n)]
-        return (sft + [0] * extras.NOISE_HEAD_MAPS * ("noise_head" in self.extras)
-                + [0] * extras.PIXEL_DROP_MAPS * ("pixel_drop" in self.extras))
+        return sft + [0] * extras.NOISE_HEAD_MAPS * ("noise_head" in self.extras)
 
     def noise_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(h, w) of each noise map for an H×W image, without building the network."""
@@ -120,5 +119,5 @@ _PRESETS = {
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         extras=("global_residual",)),
 }
-# the FFHQ-X model: the small one with a JPEG head that subsamples chroma as PIL does and N's pixel drop
-_PRESETS["small-ffhqx"] = dataclasses.replace(_PRESETS["small"], extras=(*_SMALL_EXTRAS, "jpeg_420", "pixel_drop"))
+# the FFHQ-X model: the small one with a JPEG head that subsamples chroma as PIL does
+_PRESETS["small-ffhqx"] = dataclasses.replace(_PRESETS["small"], extras=(*_SMALL_EXTRAS, "jpeg_420"))

@@ -170,26 +170,23 @@ class UniversalDegradationModel(CodedModel):
         return self._synthesize(x, code, noise, checkpoint=checkpoint, dither=dither)
 
     def synthesize_with_heads(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
-                              fixed_jpeg_steps: bool = False, keep: torch.Tensor | None = None
-                              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """:meth:`synthesize` for training: ŷ and what its heads decided (``noise_std``, ``drop_rate``,
+                              fixed_jpeg_steps: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`synthesize` for training: ŷ and what its heads decided (``noise_std``,
         ``jpeg_multipliers``; see :meth:`Extras.finish <redegrade.model.extras.Extras.finish>`), which the
-        label losses supervise. With ``fixed_jpeg_steps`` ŷ's gradient does not reach the JPEG steps;
-        ``keep`` [B,1,H,W] gives the pixel drop the pixels the target kept."""
+        label losses supervise. With ``fixed_jpeg_steps`` ŷ's gradient does not reach the JPEG steps."""
         self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)
         heads: dict[str, torch.Tensor] = {}
-        y_hat = self._synthesize(x, code, noise, heads=heads, fixed_jpeg_steps=fixed_jpeg_steps, keep=keep)
+        y_hat = self._synthesize(x, code, noise, heads=heads, fixed_jpeg_steps=fixed_jpeg_steps)
         return y_hat, heads
 
     def _synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
                     checkpoint: bool = False, heads: dict[str, torch.Tensor] | None = None,
-                    fixed_jpeg_steps: bool = False, dither: torch.Generator | None = None,
-                    keep: torch.Tensor | None = None) -> torch.Tensor:
+                    fixed_jpeg_steps: bool = False, dither: torch.Generator | None = None) -> torch.Tensor:
         e = self.fusion(code)
         k = self.synthesis.num_noise
         feat = self.synthesis.features(self.extras.synthesis_input(x), e, noise[:k], checkpoint=checkpoint)
         return self.extras.finish(self.synthesis.conv_last(feat), x, feat, e, code.e_g, noise[k:], heads=heads,
-                                  fixed_jpeg_steps=fixed_jpeg_steps, dither=dither, keep=keep)
+                                  fixed_jpeg_steps=fixed_jpeg_steps, dither=dither)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """Same as :meth:`synthesize`."""

@@ -81,7 +81,6 @@ class Batch:
     jpeg_quality: torch.Tensor | None = None  # [B] int: the JPEG quality y was saved at, 0 for none
     noise_std: torch.Tensor | None = None     # [B] float: the Gaussian noise std added to y ([0,1] units), 0 for none
     noisy: torch.Tensor | None = None         # [B] bool: y given x is random pixel by pixel (the task adds noise)
-    keep: torch.Tensor | None = None          # [B,1,c,c]: 0 where y's degradation dropped the pixel, else 1
 
 
 class PairSampler:
@@ -156,7 +155,7 @@ class PairSampler:
     def sample(self, step: int) -> Batch:
         """The batch for training step ``step`` (same step, same seed → same tensors)."""
         g = self.generator(step)
-        xs, ys, ps, cl, jq, ns, nz, ks = [], [], [], [], [], [], [], []
+        xs, ys, ps, cl, jq, ns, nz = [], [], [], [], [], [], []
         groups = self.batch // 2 if self.pairs else self.batch
         idx = torch.multinomial(self.weights, groups, replacement=True, generator=g).tolist()
         for i in idx:
@@ -179,26 +178,17 @@ class PairSampler:
             # FFHQ-X labels its noisy tasks; a WQI draw is noisy when it ran one of the mix's noise steps
             nz += [bool(params.get("noisy") or any(k in params for k in NOISE_STEPS))] * len(regions)
             for region, deg in zip(regions, degraded):
-                keep = self._keep_mask(region, params)
                 t1, l1 = self._offset(g), self._offset(g)
                 t2, l2 = self._offset(g), self._offset(g)
-                ks.append(self._crop(keep, t1, l1))
                 xs.append(self._crop(region, t1, l1))
                 ys.append(self._crop(deg, t1, l1))
                 ps.append(self._crop(deg, t2, l2))
         x, y, clean, quality, std = torch.cat(xs), torch.cat(ys), torch.tensor(cl), torch.tensor(jq), torch.tensor(ns)
-        noisy, keep = torch.tensor(nz), torch.cat(ks)
+        noisy = torch.tensor(nz)
         if not self.pairs:
-            return Batch(x, y, torch.cat(ps), clean=clean, jpeg_quality=quality, noise_std=std, noisy=noisy, keep=keep)
+            return Batch(x, y, torch.cat(ps), clean=clean, jpeg_quality=quality, noise_std=std, noisy=noisy)
         partner = torch.arange(self.batch) ^ 1
-        return Batch(x, y, y[partner], partner, clean, quality, std, noisy, keep)
-
-    def _keep_mask(self, region: torch.Tensor, params: dict) -> torch.Tensor:
-        """[1,1,r,r]: the pixels of ``region`` its degradation kept (every pixel unless the mix says)."""
-        keep_mask = getattr(self.degrade, "keep_mask", None)
-        if keep_mask is None or not params:
-            return region.new_ones(1, 1, *region.shape[-2:])
-        return keep_mask(region, params)
+        return Batch(x, y, y[partner], partner, clean, quality, std, noisy)
 
 
 def synthetic_images(n: int = 4, size: int = 96, seed: int = 0) -> list[torch.Tensor]:

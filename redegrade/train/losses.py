@@ -11,7 +11,7 @@ Every loss takes and compares images in ``[-1,1]`` ``[B,3,H,W]`` and returns a s
 * :func:`residual_distribution_loss` — the distribution of y − x against that of ŷ − x (1-D Wasserstein
   per image and channel), so the model renders a degradation's randomness at its true strength.
 * :func:`color_loss` (``rgbn``), :func:`diversity_loss`, :func:`contrastive_loss`, :func:`rate_per_position`;
-* the heads' labels: :func:`jpeg_step_loss`, :func:`noise_level_loss`, :func:`drop_rate_loss`;
+* the heads' labels: :func:`jpeg_step_loss`, :func:`noise_level_loss`;
 * the WGAN-GP pair — :mod:`redegrade.train.gan`.
 """
 from __future__ import annotations
@@ -235,17 +235,6 @@ def noise_level_loss(sigma: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return ((got + NOISE_LOG_OFFSET).log() - (want + NOISE_LOG_OFFSET).log()).square().mean()
 
 
-def drop_rate_loss(rate: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy between a pixel drop's rate (``rate`` [B]) and the share of pixels each
-    target dropped (1 − mean of ``keep`` [B,1,H,W]), averaged: smallest where the rate is that share.
-
-    The drop mask is a hard threshold of the noise, so the image losses pass the rate no gradient;
-    the data knows what was dropped, as it knows the JPEG quality (:func:`jpeg_step_loss`).
-    """
-    want = 1 - keep.float().mean(dim=(1, 2, 3)).to(rate.device)
-    return F.binary_cross_entropy(rate.float().clamp(1e-6, 1 - 1e-6), want)
-
-
 def check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     """Raise :class:`ShapeError` unless ``a`` and ``b`` are [B,C,H,W] images of one shape."""
     if a.shape != b.shape or a.dim() != 4:
@@ -254,4 +243,4 @@ def check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 
 __all__ = ["gaussian_blur", "color_loss", "residual_distribution_loss", "diversity_loss", "contrastive_loss",
            "rate_per_position", "GridLoss", "QualityLoss", "libjpeg_scale", "jpeg_step_loss", "noise_level_loss",
-           "drop_rate_loss", "check_pair"]
+           "check_pair"]

@@ -80,7 +80,7 @@ class Trainer:
     def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator,
                partner: torch.Tensor | None = None, clean: torch.Tensor | None = None,
                jpeg_quality: torch.Tensor | None = None, noise_std: torch.Tensor | None = None,
-               noisy: torch.Tensor | None = None, keep: torch.Tensor | None = None
+               noisy: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0).
 
@@ -89,8 +89,7 @@ class Trainer:
         weight does not depend on how many clean samples a batch happens to hold); ``jpeg_quality``
         (0 = none) supervises a JPEG head's step, ``noise_std`` (0 = none) a noise head's level;
         ``noisy`` marks the samples whose y is random given x, the only ones the residual distribution
-        term sees (all of them when None); ``keep`` [B,1,H,W] (1 = kept) gives a pixel drop the pixels each
-        target dropped and supervises its rate.
+        term sees (all of them when None).
         """
         c, m = self.config, self.model
         code = m.encode(y)
@@ -104,8 +103,7 @@ class Trainer:
         # The image losses pushed the JPEG steps to 1.5-2x libjpeg's for noise JPEG'd afterwards, even at
         # --lambda-jpeg 10, so the head rounded the noise away; the steps have a label: learn from it alone.
         fixed = c.jpeg_steps_from_label
-        y_hat, heads = m.synthesize_with_heads(x, code_hat, m.sample_noise(x, generator=g), fixed_jpeg_steps=fixed,
-                                               keep=keep)
+        y_hat, heads = m.synthesize_with_heads(x, code_hat, m.sample_noise(x, generator=g), fixed_jpeg_steps=fixed)
         positions = max(1, code.e_l.shape[-1] * code.e_l.shape[-2])
         terms: dict[str, torch.Tensor] = {
             "sim": self.perceptual(y, y_hat),
@@ -126,14 +124,11 @@ class Trainer:
             terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
         if "noise_std" in heads and noise_std is not None and c.lambda_noise:
             terms["noise"] = L.noise_level_loss(heads["noise_std"], noise_std)
-        if "drop_rate" in heads and keep is not None and c.lambda_drop:
-            terms["drop"] = L.drop_rate_loss(heads["drop_rate"], keep)
         if clean is not None and c.lambda_clean:
             per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
             terms["clean"] = (per_sample * clean.to(per_sample)).mean()
         if c.lambda_diver:
-            y_hat2 = m.synthesize_with_heads(x, code_hat, m.sample_noise(x, generator=g), fixed_jpeg_steps=fixed,
-                                             keep=keep)[0]
+            y_hat2 = m.synthesize_with_heads(x, code_hat, m.sample_noise(x, generator=g), fixed_jpeg_steps=fixed)[0]
             terms["diver"] = L.diversity_loss(y_hat, y_hat2)
         keys = None
         if c.lambda_contra:
@@ -142,7 +137,7 @@ class Trainer:
             terms["gan"] = gan.generator_gan_loss(self.critic, x, y_hat)
         weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "dist": c.lambda_dist,
                    "jpeg": c.lambda_jpeg,
-                   "noise": c.lambda_noise, "drop": c.lambda_drop,
+                   "noise": c.lambda_noise,
                    "color": c.lambda_color, "clean": c.lambda_clean,
                    "rate_g": c.lambda_g, "rate_l": c.lambda_l,
                    "aux": c.lambda_aux, "diver": c.lambda_diver, "contra": c.lambda_contra, "gan": c.lambda_gan}
@@ -157,10 +152,10 @@ class Trainer:
         g = torch.Generator().manual_seed((self.config.seed * 7_919 + self.step_count + 1) % (2 ** 63))
         x, y, y_pos = (t.to(self.device) for t in (batch.x, batch.y, batch.y_pos))
         t_data = time.perf_counter() - t0
-        partner, clean, quality, std, noisy, keep = (
+        partner, clean, quality, std, noisy = (
             t.to(self.device) if t is not None else None
-            for t in (batch.partner, batch.clean, batch.jpeg_quality, batch.noise_std, batch.noisy, batch.keep))
-        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality, std, noisy, keep)
+            for t in (batch.partner, batch.clean, batch.jpeg_quality, batch.noise_std, batch.noisy))
+        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality, std, noisy)
         if not torch.isfinite(total):
             raise ConfigError(f"training diverged at step {self.step_count} (loss {float(total)}; terms "
                               f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or a --lambda-*")

@@ -9,9 +9,6 @@
                      (:class:`~redegrade.model.extras.signatures.Signatures`)
 ``noise_head``       pixel noise from three extra full-size noise maps
                      (:class:`~redegrade.model.extras.noise_head.NoiseHead`)
-``pixel_drop``       whole pixels set to black with a rate read from e_g, where a full-size noise map
-                     says (:class:`~redegrade.model.extras.pixel_drop.PixelDrop`): FFHQ-X's N; e_g
-                     also reads the share of black pixels of y (needs ``signatures``)
 ``jpeg_head``        ŷ's block DCT rounded to JPEG steps read from e and e_g, last, as JPEG comes last
                      (:class:`~redegrade.model.extras.jpeg_head.JpegHead`)
 ``jpeg_420``         the JPEG head also subsamples chroma 4:2:0, as PIL and OpenCV write JPEG by default
@@ -20,7 +17,7 @@
 Where they act (:class:`Extras`)::
 
     y ─HDEN─► e_g ─(+ signatures(y))─► e_g
-    x ─(‖ grid_phase)─► U-Net features F ─conv_last─► (+ noise_head(F, e, z, e_g)) ─(+ x)─► pixel_drop ─► jpeg_head ─► ŷ
+    x ─(‖ grid_phase)─► U-Net features F ─conv_last─► (+ noise_head(F, e, z, e_g)) ─(+ x)─► jpeg_head ─► ŷ
 """
 from __future__ import annotations
 
@@ -31,19 +28,16 @@ from torch import nn
 
 from redegrade.model.extras.jpeg_head import JpegHead
 from redegrade.model.extras.noise_head import NoiseHead
-from redegrade.model.extras.pixel_drop import PixelDrop
 from redegrade.model.extras.signatures import Signatures
 
 #: Every extra, in the order a config lists them.
-NAMES = ("global_residual", "grid_phase", "signatures", "noise_head", "pixel_drop", "jpeg_head", "jpeg_420")
+NAMES = ("global_residual", "grid_phase", "signatures", "noise_head", "jpeg_head", "jpeg_420")
 #: Extras that only modify another one.
-NEEDS = {"jpeg_420": "jpeg_head", "pixel_drop": "signatures"}
+NEEDS = {"jpeg_420": "jpeg_head"}
 #: Channels :func:`grid_phase` adds to the synthesis input.
 GRID_PHASE_CHANNELS = 8
 #: Noise maps the noise head draws from (full size, after the SFT layers' maps).
 NOISE_HEAD_MAPS = 3
-#: Noise maps the pixel drop reads (full size, after the noise head's).
-PIXEL_DROP_MAPS = 1
 
 
 def grid_phase(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -68,9 +62,8 @@ class Extras(nn.Module):
         super().__init__()
         self.global_residual = "global_residual" in names
         self.grid_phase = "grid_phase" in names
-        self.signatures = Signatures(dim_g, drop="pixel_drop" in names) if "signatures" in names else None
+        self.signatures = Signatures(dim_g) if "signatures" in names else None
         self.noise_head = NoiseHead(features, map_channels, dim_g=dim_g) if "noise_head" in names else None
-        self.pixel_drop = PixelDrop(dim_g) if "pixel_drop" in names else None
         self.jpeg_head = (JpegHead(map_channels, dim_g, subsample="jpeg_420" in names)
                           if "jpeg_head" in names else None)
 
@@ -82,7 +75,7 @@ class Extras(nn.Module):
     @property
     def num_noise(self) -> int:
         """Noise maps the extras read (after the SFT layers' maps)."""
-        return NOISE_HEAD_MAPS * (self.noise_head is not None) + PIXEL_DROP_MAPS * (self.pixel_drop is not None)
+        return NOISE_HEAD_MAPS * (self.noise_head is not None)
 
     def global_code(self, e_g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """HDEN's code e_g [B,dim_g] with the signature reads of y added."""
@@ -96,29 +89,22 @@ class Extras(nn.Module):
 
     def finish(self, out: torch.Tensor, x: torch.Tensor, feat: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor,
                noise: list[torch.Tensor], *, heads: dict[str, torch.Tensor] | None = None,
-               fixed_jpeg_steps: bool = False, dither: torch.Generator | None = None,
-               keep: torch.Tensor | None = None) -> torch.Tensor:
-        """The U-Net's output ``out`` [B,3,H,W] through the noise head, the global residual, the pixel drop
-        and the JPEG head, in that order. ``x``: the input image; ``feat``: the last decoder features; ``e``: the fused
+               fixed_jpeg_steps: bool = False, dither: torch.Generator | None = None) -> torch.Tensor:
+        """The U-Net's output ``out`` [B,3,H,W] through the noise head, the global residual and the JPEG
+        head, in that order. ``x``: the input image; ``feat``: the last decoder features; ``e``: the fused
         map; ``e_g``: the global code; ``noise``: the :attr:`num_noise` maps the extras read.
 
-        ``heads`` (a dict) receives what the heads decided: ``noise_std`` ``[B,3,H,W]``, ``drop_rate``
-        ``[B]`` and ``jpeg_multipliers`` ``[B,2,H/8,W/8]``; with ``fixed_jpeg_steps`` ŷ's gradient does not reach
+        ``heads`` (a dict) receives what the heads decided: ``noise_std`` ``[B,3,H,W]`` and
+        ``jpeg_multipliers`` ``[B,2,H/8,W/8]``; with ``fixed_jpeg_steps`` ŷ's gradient does not reach
         the JPEG steps (those in ``heads`` keep theirs). ``dither`` makes the JPEG head add uniform noise
         of its steps' width instead of rounding (see :meth:`JpegHead.forward
-        <redegrade.model.extras.jpeg_head.JpegHead.forward>`). ``keep`` [B,1,H,W] (1 = kept) replaces the
-        pixel drop's own mask (training, with the pixels the target dropped).
+        <redegrade.model.extras.jpeg_head.JpegHead.forward>`).
         """
         if self.noise_head is not None:
             out = out + self.noise_head(feat, e, torch.cat(noise[:NOISE_HEAD_MAPS], dim=1), e_g)
             if heads is not None:
                 heads["noise_std"] = self.noise_head.output_std(feat, e, e_g)
-            noise = noise[NOISE_HEAD_MAPS:]
         out = x + out if self.global_residual else out
-        if self.pixel_drop is not None:
-            out, rate = self.pixel_drop(out, e_g, noise[0], keep)
-            if heads is not None:
-                heads["drop_rate"] = rate
         if self.jpeg_head is None:
             return out
         # JPEG's rounding stays in float32 under autocast: bf16 holds 8 significant bits, too few for

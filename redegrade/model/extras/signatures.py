@@ -1,6 +1,5 @@
 """Fixed (weight-free) statistics of y that HDEN's global code also reads: JPEG's grid, JPEG's quantisation
-lattice, robust noise estimates and (with a pixel drop) the share of black pixels, each added to e_g
-through its own linear map (:class:`Signatures`)."""
+lattice and robust noise estimates, each added to e_g through its own linear map (:class:`Signatures`)."""
 from __future__ import annotations
 
 import functools
@@ -20,8 +19,6 @@ SIGNATURE_DIM = 64
 LATTICE_QUALITIES = tuple(range(5, 100))
 #: Length of :func:`noise_signature`: 3 scales × 3 channels × 2 statistics.
 NOISE_SIGNATURE_DIM = 18
-#: Levels ([0,1] units) under which all three channels of a pixel count as black in :func:`drop_signature`.
-BLACK_LEVELS = (1 / 255, 32 / 255)
 #: Smallest side they read: :func:`jpeg_signature` also looks at the 8×8 grid shifted by 4, which a
 #: side of 8 leaves empty (its mean is NaN, and so is every code that reads it).
 MIN_SIDE = 16
@@ -91,25 +88,6 @@ def noise_signature(y: torch.Tensor) -> torch.Tensor:
     return torch.cat(feats, dim=1)
 
 
-def drop_signature(y: torch.Tensor) -> torch.Tensor:
-    """Pixel-drop evidence per image ``[B,4]``: for each level of :data:`BLACK_LEVELS`, ``log(1 + s/0.001)``
-    of the share s of pixels whose three channels are all at or below it, and of the share of those
-    with no such pixel among their 4 neighbours. 0 without black pixels.
-
-    A dropped pixel is black in all channels, where Poisson noise or dark content rarely is. Drops are
-    independent, so most are isolated (p(1−p)⁴ of the pixels), where P's strokes are black in runs; the
-    higher level still sees drops that JPEG greyed afterwards.
-    """
-    brightest = to_unit(y.float()).amax(dim=1, keepdim=True)  # a pixel is black when its brightest channel is
-    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], device=y.device).view(1, 1, 3, 3)
-    feats = []
-    for t in BLACK_LEVELS:
-        black = (brightest <= t).float()
-        isolated = black * (nn.functional.conv2d(black, cross, padding=1) == 0).float()
-        feats += [torch.log1p(m.mean(dim=(1, 2, 3)) / 1e-3) for m in (black, isolated)]
-    return torch.stack(feats, dim=1)
-
-
 class Signatures(nn.Module):
     """``e_g + jpeg(jpeg_signature(y)) + noise(noise_signature(y)) + lattice(jpeg_lattice(y))``: bias-free
     linear reads of the three fixed statistics, added to HDEN's code.
@@ -118,14 +96,10 @@ class Signatures(nn.Module):
     small weights give e_g no gradient towards JPEG and e_g gives them nothing to read), at a scale
     each that keeps a warm-started model's codes near where they were: the JPEG statistics are ≈0
     without JPEG, the noise statistics are not ≈0 on a clean photo's texture and start smallest.
-    With ``drop`` e_g also reads :func:`drop_signature` (for the ``pixel_drop`` extra's rate).
     """
 
-    def __init__(self, dim_g: int, *, drop: bool = False):
+    def __init__(self, dim_g: int):
         super().__init__()
-        self.drop = nn.Linear(2 * len(BLACK_LEVELS), dim_g, bias=False) if drop else None
-        if self.drop is not None:
-            nn.init.normal_(self.drop.weight, std=0.01)
         self.jpeg = nn.Linear(SIGNATURE_DIM, dim_g, bias=False)
         nn.init.normal_(self.jpeg.weight, std=0.005)
         self.noise = nn.Linear(NOISE_SIGNATURE_DIM, dim_g, bias=False)
@@ -140,6 +114,4 @@ class Signatures(nn.Module):
                              f"model's signatures, got {y.shape[-2]}×{y.shape[-1]}")
         e_g = e_g + self.jpeg(jpeg_signature(y))
         e_g = e_g + self.noise(noise_signature(y))
-        if self.drop is not None:
-            e_g = e_g + self.drop(drop_signature(y))
         return e_g + self.lattice(jpeg_lattice(y))
