@@ -84,6 +84,7 @@ class Redegrader(ForwardModel):
         self.e_g: torch.Tensor | None = None
         self.e_l_logit: torch.Tensor | None = None
         self.noise: list[torch.Tensor] = []
+        self.keep: torch.Tensor | None = None
         self._dither_seed = 0
         self._dither: torch.Generator | None = None
         self.freeze()
@@ -172,7 +173,8 @@ class Redegrader(ForwardModel):
         self._dither = None
 
     def set_code(self, code: DegradationCode, noise: list[torch.Tensor] | None = None) -> None:
-        """Replace the variables by ``code`` (e.g. e_g of one image with e_l of another) and ``noise``.
+        """Replace the variables by ``code`` (e.g. e_g of one image with e_l of another) and ``noise``;
+        ``code.keep`` (the lost pixels, if the model reads them) is kept as it is, not optimised.
 
         Without ``noise`` the current maps are kept when their sizes fit e_l, else fresh seed-0 maps
         are drawn.
@@ -181,6 +183,7 @@ class Redegrader(ForwardModel):
         e_l = code.e_l.detach().clamp(_LOGIT_EPS, 1 - _LOGIT_EPS)
         self.e_g = code.e_g.detach().clone().requires_grad_(True)
         self.e_l_logit = torch.logit(e_l).requires_grad_(True)
+        self.keep = None if code.keep is None else code.keep.detach()
         b, _, h, w = code.e_l.shape
         shapes = [(b, 1, *s) for s in self.model.noise_shapes(2 * h, 2 * w)]
         if noise is None:
@@ -195,13 +198,14 @@ class Redegrader(ForwardModel):
     def code(self) -> DegradationCode:
         """The current (unquantised) code: e_g and sigmoid(e_l logit)."""
         self._require_reset()
-        return DegradationCode(self.e_g, torch.sigmoid(self.e_l_logit))
+        return DegradationCode(self.e_g, torch.sigmoid(self.e_l_logit), self.keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ŷ = f̂(x, Q(e_g), Q(sigmoid(e_l)), n) with Q the ``quantizer`` (STE by default).
 
         If x is not twice e_l's size (it should be: reset with a y of x's size), e_l is resized
-        bilinearly to x's half size and the noise maps by nearest neighbour (which keeps them N(0,1)).
+        bilinearly to x's half size, the noise maps by nearest neighbour (which keeps them N(0,1)) and
+        so are the lost pixels.
         """
         check_image(x, "image", multiple_of=MULTIPLE)
         code = self.code()
@@ -209,7 +213,8 @@ class Redegrader(ForwardModel):
         noise = self.noise
         if tuple(code.e_l.shape[-2:]) != (h // 2, w // 2):
             e_l = F.interpolate(code.e_l, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
-            code = DegradationCode(code.e_g, e_l)
+            keep = None if code.keep is None else F.interpolate(code.keep, size=(h, w), mode="nearest")
+            code = DegradationCode(code.e_g, e_l, keep)
             noise = [F.interpolate(n, size=s, mode="nearest") for n, s in zip(noise, self.model.noise_shapes(h, w))]
         code_hat, _ = self.model.quantize(code, self.quantizer, rate=False)  # the rate is never read here
         dtype = PRECISIONS[self.precision]

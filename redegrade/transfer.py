@@ -149,6 +149,7 @@ def transfer_code(redegrader: Redegrader, clean: torch.Tensor, global_from: torc
     by its spatial mean, which works for any aspect ratio.
     """
     import torch
+    import torch.nn.functional as F
 
     from redegrade.model import DegradationCode
 
@@ -156,14 +157,17 @@ def transfer_code(redegrader: Redegrader, clean: torch.Tensor, global_from: torc
         local_from = global_from if local_from is None else local_from
         code_g = redegrader.encode(global_from)
         code_l = code_g if local_from is global_from else redegrader.encode(local_from)
-        e_l = code_l.e_l
+        e_l, keep = code_l.e_l, code_l.keep
         grid = (clean.shape[-2] // 2, clean.shape[-1] // 2)
         if uniform_local:
-            e_l = e_l.mean(dim=(-2, -1), keepdim=True).expand(-1, -1, *grid)
+            # lost pixels have places, which a uniform map cannot carry
+            e_l, keep = e_l.mean(dim=(-2, -1), keepdim=True).expand(-1, -1, *grid), None
         else:
             check_local_shape(tuple(local_from.shape[-2:]), tuple(clean.shape[-2:]))
             e_l = resize_local(e_l, grid)
-        return DegradationCode(e_g=code_g.e_g, e_l=e_l.contiguous())
+            if keep is not None:
+                keep = F.interpolate(keep, size=tuple(clean.shape[-2:]), mode="nearest")
+        return DegradationCode(e_g=code_g.e_g, e_l=e_l.contiguous(), keep=keep)
 
 
 def transfer(redegrader: Redegrader, clean: torch.Tensor, global_from: torch.Tensor,

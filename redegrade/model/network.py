@@ -23,7 +23,7 @@ from redegrade.image import check_image, check_shape
 from redegrade.model.config import ModelConfig
 from redegrade.model.encoders import HDEN, IDEN
 from redegrade.model.entropy import CodeEntropyModel
-from redegrade.model.extras import Extras
+from redegrade.model.extras import Extras, lost_pixels
 from redegrade.model.layers import PreActConv
 from redegrade.model.synthesis import SynthesisUNet
 from redegrade.pixels import MULTIPLE
@@ -37,13 +37,18 @@ class DegradationCode:
     """[B, dim_g], unbounded."""
     e_l: torch.Tensor
     """[B, c_l, H/2, W/2] in [0, 1]."""
+    keep: torch.Tensor | None = None
+    """[B, 1, H, W]: 0 at the pixels y lost (black in every channel), which ŷ renders black; only models
+    with the ``lost_pixels`` extra read it from y, None otherwise. Measured, never optimised."""
 
     def detach(self) -> "DegradationCode":
-        return DegradationCode(self.e_g.detach(), self.e_l.detach())
+        return DegradationCode(self.e_g.detach(), self.e_l.detach(), self.keep)
 
     def to(self, *args, **kwargs) -> "DegradationCode":
-        """Both tensors through ``Tensor.to`` (device and/or dtype)."""
-        return DegradationCode(self.e_g.to(*args, **kwargs), self.e_l.to(*args, **kwargs))
+        """Every tensor through ``Tensor.to`` (device and/or dtype)."""
+        keep = None if self.keep is None else self.keep.to(*args, **kwargs)
+        return DegradationCode(self.e_g.to(*args, **kwargs), self.e_l.to(*args, **kwargs), keep)
+
 
 
 class MapFusion(nn.Module):
@@ -87,8 +92,10 @@ class CodedModel(nn.Module):
                     size: tuple[int, int] | None = None) -> None:
         c = self.config
         check_shape(code.e_g, (batch, c.dim_g), "e_g")
-        check_shape(code.e_l, (batch if batch is not None else code.e_g.shape[0], c.c_l,
-                               *(size or (None, None))), "e_l")
+        b = batch if batch is not None else code.e_g.shape[0]
+        check_shape(code.e_l, (b, c.c_l, *(size or (None, None))), "e_l")
+        if code.keep is not None:
+            check_shape(code.keep, (b, 1, 2 * code.e_l.shape[-2], 2 * code.e_l.shape[-1]), "keep")
 
     def _check_synthesis_inputs(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
                                 multiple: int) -> None:
@@ -125,9 +132,9 @@ class UniversalDegradationModel(CodedModel):
 
     # -- encoders ---------------------------------------------------------------------------------
     def encode(self, y: torch.Tensor) -> DegradationCode:
-        """y [B,3,H,W] → DegradationCode(e_g [B,dim_g], e_l [B,c_l,H/2,W/2] in [0,1])."""
+        """y [B,3,H,W] → DegradationCode(e_g [B,dim_g], e_l [B,c_l,H/2,W/2] in [0,1], keep)."""
         check_image(y, "observation", multiple_of=MULTIPLE)
-        return DegradationCode(self.extras.global_code(self.hden(y), y), self.iden(y))
+        return DegradationCode(self.extras.global_code(self.hden(y), y), self.iden(y), self.extras.keep_mask(y))
 
     def degradation_map(self, code: DegradationCode) -> torch.Tensor:
         """The fused map e [B, map_channels, H/2, W/2] that conditions every SFT layer."""
@@ -185,8 +192,9 @@ class UniversalDegradationModel(CodedModel):
         e = self.fusion(code)
         k = self.synthesis.num_noise
         feat = self.synthesis.features(self.extras.synthesis_input(x), e, noise[:k], checkpoint=checkpoint)
-        return self.extras.finish(self.synthesis.conv_last(feat), x, feat, e, code.e_g, noise[k:], heads=heads,
-                                  fixed_jpeg_steps=fixed_jpeg_steps, dither=dither)
+        out = self.extras.finish(self.synthesis.conv_last(feat), x, feat, e, code.e_g, noise[k:], heads=heads,
+                                 fixed_jpeg_steps=fixed_jpeg_steps, dither=dither)
+        return out if code.keep is None else lost_pixels.apply(out, code.keep)
 
     def forward(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor]) -> torch.Tensor:
         """Same as :meth:`synthesize`."""
@@ -204,5 +212,5 @@ class UniversalDegradationModel(CodedModel):
         self._check_code(code)
         e_g, bits_g = self.entropy_g(code.e_g, mode, generator=generator, rate=rate)
         e_l, bits_l = self.entropy_l(code.e_l, mode, generator=generator, rate=rate)
-        return DegradationCode(e_g, e_l), {"g": bits_g, "l": bits_l}
+        return DegradationCode(e_g, e_l, code.keep), {"g": bits_g, "l": bits_l}
 

@@ -96,7 +96,16 @@ def train(sampler: PairSampler, config: TrainConfig, out: str | Path, *, resume:
 
                 fresh = warm_start(model, config.init, skip=split_prefixes(config.init_skip))
                 log.info("warm start from %s; fresh: %s", config.init, ", ".join(fresh) or "none")
-    trainer = Trainer(model, config, device)
+    teacher = None
+    if config.lambda_teacher:
+        if not config.init:
+            raise ConfigError("--lambda-teacher holds the model to its --init: give --init")
+        from redegrade.model.io import warm_start
+
+        # built from --init again (not copied from the model), so a resumed run has the same teacher
+        teacher = build_model(config.preset)
+        warm_start(teacher, config.init)
+    trainer = Trainer(model, config, device, teacher=teacher)
     if state is not None:
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d", ckpt, trainer.step_count)

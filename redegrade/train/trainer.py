@@ -42,10 +42,16 @@ class Trainer:
     model: nn.Module
     config: TrainConfig
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    teacher: nn.Module | None = None
+    """The frozen model ``lambda_teacher`` holds ŷ to (the warm start's weights; see :meth:`losses`)."""
 
     def __post_init__(self) -> None:
         c = self.config
         self.model.to(self.device).train()
+        if c.lambda_teacher and self.teacher is None:
+            raise ConfigError("--lambda-teacher needs a teacher: the --init model")
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval().requires_grad_(False)
         self.perceptual = perceptual(c.perceptual, pretrained_backbone=c.pretrained_backbone, seed=c.seed
                                      ).to(self.device)
         self.grid = L.GridLoss()
@@ -99,11 +105,13 @@ class Trainer:
         mode = "none" if self.step_count < c.quant_warmup else "noise"
         code_hat, rate = m.quantize(code, mode, generator=g)
         if partner is not None:
-            code_hat = DegradationCode(code_hat.e_g[partner], code_hat.e_l[partner])
+            # the partner's degradation (transfer), drawn where this y lost its pixels: the loss compares to y
+            code_hat = DegradationCode(code_hat.e_g[partner], code_hat.e_l[partner], code_hat.keep)
         # The image losses pushed the JPEG steps to 1.5-2x libjpeg's for noise JPEG'd afterwards, even at
         # --lambda-jpeg 10, so the head rounded the noise away; the steps have a label: learn from it alone.
         fixed = c.jpeg_steps_from_label
-        y_hat, heads = m.synthesize_with_heads(x, code_hat, m.sample_noise(x, generator=g), fixed_jpeg_steps=fixed)
+        noise = m.sample_noise(x, generator=g)
+        y_hat, heads = m.synthesize_with_heads(x, code_hat, noise, fixed_jpeg_steps=fixed)
         positions = max(1, code.e_l.shape[-1] * code.e_l.shape[-2])
         terms: dict[str, torch.Tensor] = {
             "sim": self.perceptual(y, y_hat),
@@ -124,6 +132,8 @@ class Trainer:
             terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
         if "noise_std" in heads and noise_std is not None and c.lambda_noise:
             terms["noise"] = L.noise_level_loss(heads["noise_std"], noise_std)
+        if self.teacher is not None and c.lambda_teacher:
+            terms["teacher"] = self._teacher_loss(x, y, y_hat, noise, partner, noisy)
         if clean is not None and c.lambda_clean:
             per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
             terms["clean"] = (per_sample * clean.to(per_sample)).mean()
@@ -137,12 +147,31 @@ class Trainer:
             terms["gan"] = gan.generator_gan_loss(self.critic, x, y_hat)
         weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "dist": c.lambda_dist,
                    "jpeg": c.lambda_jpeg,
-                   "noise": c.lambda_noise,
+                   "noise": c.lambda_noise, "teacher": c.lambda_teacher,
                    "color": c.lambda_color, "clean": c.lambda_clean,
                    "rate_g": c.lambda_g, "rate_l": c.lambda_l,
                    "aux": c.lambda_aux, "diver": c.lambda_diver, "contra": c.lambda_contra, "gan": c.lambda_gan}
         total = sum(weights[k] * v for k, v in terms.items())
         return total, terms, y_hat, keys
+
+    def _teacher_loss(self, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, noise: list[torch.Tensor],
+                      partner: torch.Tensor | None, noisy: torch.Tensor | None) -> torch.Tensor:
+        """Pixel L1 between ŷ and what the teacher renders from its own rounded code of y and the same
+        noise, per sample, averaged over the batch with the noisy samples (``noisy``) counted as 0.
+
+        A fine-tune meant to change how noise is rendered moves the other degradations' renders too (more
+        steps on the FFHQ-X mix darken U observations); held to the warm start's renders where y has no
+        noise, the rest of the model keeps what it did.
+        """
+        t = self.teacher
+        with torch.no_grad():
+            code, _ = t.quantize(t.encode(y), "round", rate=False)
+            if partner is not None:
+                code = DegradationCode(code.e_g[partner], code.e_l[partner], code.keep)
+            y_old = t.synthesize(x, code, noise)
+        per_sample = (y_hat - y_old).abs().mean(dim=(1, 2, 3))
+        weight = torch.ones_like(per_sample) if noisy is None else (~noisy.to(per_sample.device)).to(per_sample)
+        return (per_sample * weight).mean()
 
     def step(self, sampler: PairSampler) -> dict[str, float]:
         """One generator step (+ critic step with ``gan``); returns the logged numbers."""

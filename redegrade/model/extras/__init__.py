@@ -12,12 +12,14 @@
 ``jpeg_head``        ŷ's block DCT rounded to JPEG steps read from e and e_g, last, as JPEG comes last
                      (:class:`~redegrade.model.extras.jpeg_head.JpegHead`)
 ``jpeg_420``         the JPEG head also subsamples chroma 4:2:0, as PIL and OpenCV write JPEG by default
+``lost_pixels``      pixels black in every channel of y stay black in ŷ: FFHQ-X's dropped pixels and
+                     strokes, read from y (:func:`~redegrade.model.extras.lost_pixels.keep_mask`)
 ===================  ===========================================================================
 
 Where they act (:class:`Extras`)::
 
-    y ─HDEN─► e_g ─(+ signatures(y))─► e_g
-    x ─(‖ grid_phase)─► U-Net features F ─conv_last─► (+ noise_head(F, e, z, e_g)) ─(+ x)─► jpeg_head ─► ŷ
+    y ─HDEN─► e_g ─(+ signatures(y))─► e_g;   y ─► keep (lost_pixels)
+    x ─(‖ grid_phase)─► U-Net features F ─conv_last─► (+ noise_head(F, e, z, e_g)) ─(+ x)─► jpeg_head ─► ·keep ─► ŷ
 """
 from __future__ import annotations
 
@@ -26,12 +28,13 @@ import math
 import torch
 from torch import nn
 
+from redegrade.model.extras import lost_pixels
 from redegrade.model.extras.jpeg_head import JpegHead
 from redegrade.model.extras.noise_head import NoiseHead
 from redegrade.model.extras.signatures import Signatures
 
 #: Every extra, in the order a config lists them.
-NAMES = ("global_residual", "grid_phase", "signatures", "noise_head", "jpeg_head", "jpeg_420")
+NAMES = ("global_residual", "grid_phase", "signatures", "noise_head", "jpeg_head", "jpeg_420", "lost_pixels")
 #: Extras that only modify another one.
 NEEDS = {"jpeg_420": "jpeg_head"}
 #: Channels :func:`grid_phase` adds to the synthesis input.
@@ -62,6 +65,7 @@ class Extras(nn.Module):
         super().__init__()
         self.global_residual = "global_residual" in names
         self.grid_phase = "grid_phase" in names
+        self.lost_pixels = "lost_pixels" in names
         self.signatures = Signatures(dim_g) if "signatures" in names else None
         self.noise_head = NoiseHead(features, map_channels, dim_g=dim_g) if "noise_head" in names else None
         self.jpeg_head = (JpegHead(map_channels, dim_g, subsample="jpeg_420" in names)
@@ -80,6 +84,11 @@ class Extras(nn.Module):
     def global_code(self, e_g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """HDEN's code e_g [B,dim_g] with the signature reads of y added."""
         return e_g if self.signatures is None else self.signatures(e_g, y)
+
+    def keep_mask(self, y: torch.Tensor) -> torch.Tensor | None:
+        """With ``lost_pixels``, y's kept pixels [B,1,H,W] (:func:`~redegrade.model.extras.lost_pixels.keep_mask`);
+        else None."""
+        return lost_pixels.keep_mask(y) if self.lost_pixels else None
 
     def synthesis_input(self, x: torch.Tensor) -> torch.Tensor:
         """x [B,3,H,W] with the grid phase appended → [B,3+input_channels,H,W]."""
