@@ -168,3 +168,24 @@ def test_warm_start_leaves_skipped_parts_at_their_fresh_init(tmp_path):
     for k in own:
         want = new[k] if k.startswith("extras.noise_head.") else old[k]
         torch.testing.assert_close(own[k], want, msg=k)
+
+
+def test_lost_pixels_are_read_from_y_and_stay_black_whatever_x_is():
+    from redegrade.model.extras.lost_pixels import BLACK
+
+    m = _with("lost_pixels")
+    y = _img(2, seed=1)
+    y[0, :, 3, 5] = -1.0                                     # black in every channel: lost
+    y[1, :, 7, 7] = -1.0
+    y[1, 0, 9, 9] = -1.0                                     # one black channel: kept
+    y[1, :, 11, 11] = 2 * (1.5 / 255) - 1                    # dark but stored as 1 of 255: kept
+    code = m.encode(y)
+    assert code.keep.shape == (2, 1, 32, 32) and code.keep.sum() == 2 * 32 * 32 - 2
+    assert code.keep[0, 0, 3, 5] == 0 and code.keep[1, 0, 7, 7] == 0 and BLACK < 1.5 / 255
+    x = _img(2, seed=2).requires_grad_(True)
+    out = m.synthesize(x, m.quantize(code, "round")[0], m.sample_noise(x, _gen(3)))
+    assert torch.equal(out[0, :, 3, 5], torch.full((3,), -1.0)) and torch.equal(out[1, :, 7, 7], torch.full((3,), -1.0))
+    assert (out[1, :, 9, 9] != -1).all()
+    out[0, :, 3, 5].sum().backward()                         # nothing in x changes a lost pixel
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert _with().encode(y).keep is None                    # models without the extra never read it

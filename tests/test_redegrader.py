@@ -231,3 +231,18 @@ def test_models_with_signatures_refuse_observations_under_16_px():
         red.encode(_img(1, 8, 8))  # transfer's path
     red.reset(_img(1, 16, 16))
     assert bool(red.code().e_g.isfinite().all())
+
+
+def test_the_lost_pixels_of_y_are_fixed_in_the_forward_model_and_never_optimised():
+    from model_helpers import _with
+
+    red = Redegrader(_with("lost_pixels"))
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y[..., 4:6, 10] = -1.0
+    red.reset(y)
+    assert "keep" not in red.named_variables() and red.code().keep.sum() == 32 * 32 - 2
+    x = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    out = red(x)
+    assert (out[..., 4:6, 10] == -1).all() and (out[..., 0:4, 10] != -1).all()
+    big = red(torch.zeros(1, 3, 64, 64))                    # another size: the lost pixels follow, nearest
+    assert (big[..., 8:12, 20:22] == -1).all()

@@ -15,7 +15,7 @@ from redegrade.train.data import synthetic_images
 from redegrade.train.loop import CHECKPOINT, LOG_FILE, build_model, load_checkpoint, train
 from redegrade.train.trainer import Trainer
 
-from train_helpers import _losses_before_after, _photo, _sampler
+from train_helpers import _FixedBatch, _losses_before_after, _photo, _sampler
 
 
 def test_training_steps_lower_the_losses():
@@ -209,3 +209,32 @@ def test_a_graft_with_freeze_bn_keeps_the_inits_batchnorm_statistics(tmp_path):
         model = train(_sampler(batch=2), cfg, tmp_path / f"run{kept}", progress=False).model
         same = all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
         assert same == kept, train_only
+
+
+def test_the_teacher_term_holds_renders_without_noise_to_the_init_and_needs_one(tmp_path):
+    from redegrade.errors import ConfigError
+    from redegrade.model.io import save_state
+
+    torch.manual_seed(0)
+    init = build_model("tiny")
+    save_state(init, tmp_path / "init")
+    init.eval()
+    fixed = _sampler(batch=4).sample(0)
+    x, y = fixed.x, fixed.y
+
+    def drift(lambda_teacher: float, noisy: bool) -> float:
+        """Mean |ŷ − init's ŷ| after 15 steps on a batch whose samples are all (not) noisy."""
+        fixed.noisy = torch.full((4,), noisy)
+        cfg = TrainConfig(preset="tiny", crop=32, batch=4, lr=5e-3, steps=15, init=str(tmp_path / "init"),
+                          lambda_teacher=lambda_teacher, lambda_contra=0.0, lambda_clean=0.0, seed=1)
+        model = train(_FixedBatch(fixed), cfg, tmp_path / f"run{lambda_teacher}{noisy}", progress=False).model.eval()
+        with torch.no_grad():
+            noise = init.sample_noise(x, torch.Generator().manual_seed(2))
+            code = lambda m: m.quantize(m.encode(y), "round")[0]  # noqa: E731
+            return float((model.synthesize(x, code(model), noise) - init.synthesize(x, code(init), noise)).abs().mean())
+
+    free, held, noisy = drift(0.0, False), drift(200.0, False), drift(200.0, True)
+    assert held < 0.5 * free, (held, free)
+    assert noisy > 0.8 * free, (noisy, free)               # noisy samples are free to change
+    with pytest.raises(ConfigError, match="--init"):
+        train(_FixedBatch(fixed), TrainConfig(preset="tiny", lambda_teacher=1.0), tmp_path / "x", progress=False)

@@ -276,3 +276,15 @@ def test_readme_one_liner_on_the_bundled_examples(tmp_path):
     # the coffee photo's noise and blocking show up on the astronaut
     assert float(quality.noise_level(got)) > float(quality.noise_level(clean)) + 0.5 * (
         float(quality.noise_level(deg)) - float(quality.noise_level(clean)))
+
+
+def test_lost_pixels_travel_with_the_local_code():
+    from model_helpers import _with
+
+    red = Redegrader(_with("lost_pixels"))
+    x, a, b = smooth_image(0), smooth_image(1), smooth_image(2)
+    b[..., 10, 20] = -1.0
+    code = transfer_code(red, x, a, b)
+    assert code.keep[0, 0, 10, 20] == 0 and code.keep.sum() == 64 * 64 - 1
+    assert transfer_code(red, x, b, uniform_local=True).keep is None   # a uniform map has no places
+    assert (transfer(red, x, a, b)[..., 10, 20] == -1).all()
