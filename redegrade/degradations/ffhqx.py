@@ -110,6 +110,11 @@ def benchmark_tasks(names: list[str] | None = None) -> list[tuple[str, str]]:
     return out
 
 
+def _noisy_at_full_size(name: str) -> bool:
+    """Whether task ``name`` adds N's noise and drops at the observation's resolution (not before U)."""
+    return "N" in name and "U" not in name
+
+
 class FFHQXMix:
     """FFHQ-X as a training mix, as the paper trained its FFHQ model for GAN inversion (tech-facts
     §1.12(b)): each sample gets one of RSG's 31 tasks (20 single tasks × levels, 11 combinations at M),
@@ -119,7 +124,9 @@ class FFHQXMix:
     it is resized back to R (area/bicubic, as the restore CLI brings every observation to the prior's
     size), so the model learns the degradation the inversion will show it. ``params`` holds the task,
     level and seed, ``{"jpeg": {"quality": q}}`` when the task compresses (the JPEG head's label) and
-    ``"noisy": True`` when it adds noise (y given x is then random pixel by pixel).
+    ``"noisy": True`` when it adds noise at the observation's resolution (y given x is then random pixel by
+    pixel). After U, N's noise and drops are drawn on the small image and the resize back to R makes
+    them smooth blotches that an observation cannot tell from content: not noisy in that sense.
     """
 
     def __init__(self, tasks: list[str] | None = None):
@@ -131,7 +138,7 @@ class FFHQXMix:
                         "seed": int(torch.randint(2 ** 62, (1,), generator=generator))}
         if "A" in name:
             params["jpeg"] = {"quality": QUALITIES[level]}
-        if "N" in name:
+        if _noisy_at_full_size(name):
             params["noisy"] = True
         return params
 
