@@ -81,6 +81,7 @@ class Batch:
     jpeg_quality: torch.Tensor | None = None  # [B] int: the JPEG quality y was saved at, 0 for none
     noise_std: torch.Tensor | None = None     # [B] float: the Gaussian noise std added to y ([0,1] units), 0 for none
     noisy: torch.Tensor | None = None         # [B] bool: y given x is random pixel by pixel (the task adds noise)
+    gain: torch.Tensor | None = None          # [B] float: the gain label of the mix (NaN where it has none)
 
 
 class PairSampler:
@@ -155,7 +156,7 @@ class PairSampler:
     def sample(self, step: int) -> Batch:
         """The batch for training step ``step`` (same step, same seed → same tensors)."""
         g = self.generator(step)
-        xs, ys, ps, cl, jq, ns, nz = [], [], [], [], [], [], []
+        xs, ys, ps, cl, jq, ns, nz, gn = [], [], [], [], [], [], [], []
         groups = self.batch // 2 if self.pairs else self.batch
         idx = torch.multinomial(self.weights, groups, replacement=True, generator=g).tolist()
         for i in idx:
@@ -175,6 +176,7 @@ class PairSampler:
                 degraded = [d.clamp(-1, 1) for d in degraded]
             jq += [int(params.get("jpeg", {}).get("quality", 0))] * len(regions)
             ns += [float(params.get("gaussian_noise", {}).get("std", 0.0))] * len(regions)
+            gn += [float(params.get("gain", float("nan")))] * len(regions)
             # FFHQ-X labels its noisy tasks; a WQI draw is noisy when it ran one of the mix's noise steps
             nz += [bool(params.get("noisy") or any(k in params for k in NOISE_STEPS))] * len(regions)
             for region, deg in zip(regions, degraded):
@@ -184,11 +186,11 @@ class PairSampler:
                 ys.append(self._crop(deg, t1, l1))
                 ps.append(self._crop(deg, t2, l2))
         x, y, clean, quality, std = torch.cat(xs), torch.cat(ys), torch.tensor(cl), torch.tensor(jq), torch.tensor(ns)
-        noisy = torch.tensor(nz)
+        noisy, gain = torch.tensor(nz), torch.tensor(gn)
         if not self.pairs:
-            return Batch(x, y, torch.cat(ps), clean=clean, jpeg_quality=quality, noise_std=std, noisy=noisy)
+            return Batch(x, y, torch.cat(ps), clean=clean, jpeg_quality=quality, noise_std=std, noisy=noisy, gain=gain)
         partner = torch.arange(self.batch) ^ 1
-        return Batch(x, y, y[partner], partner, clean, quality, std, noisy)
+        return Batch(x, y, y[partner], partner, clean, quality, std, noisy, gain)
 
 
 def synthetic_images(n: int = 4, size: int = 96, seed: int = 0) -> list[torch.Tensor]:
