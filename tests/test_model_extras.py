@@ -102,7 +102,7 @@ def test_configs_with_the_old_extra_flags_load_and_combinations_never_built_say_
            "noise_signature": True, "grid_phase": True}
     del old["extras"]
     cfg = ModelConfig.from_dict(old)
-    assert cfg == dataclasses.replace(ModelConfig.preset("tiny"), extras=tuple(n for n in extras.NAMES if n not in ("lost_pixels", "gain")))
+    assert cfg == dataclasses.replace(ModelConfig.preset("tiny"), extras=tuple(n for n in extras.NAMES if n != "lost_pixels"))
     with pytest.raises(ConfigError, match="noise_code"):
         ModelConfig.from_dict({**old, "noise_code": False})
     with pytest.raises(ConfigError, match="all on or all off"):
@@ -189,17 +189,3 @@ def test_lost_pixels_are_read_from_y_and_stay_black_whatever_x_is():
     out[0, :, 3, 5].sum().backward()                         # nothing in x changes a lost pixel
     assert torch.equal(x.grad, torch.zeros_like(x))
     assert _with().encode(y).keep is None                    # models without the extra never read it
-
-
-def test_gain_starts_at_one_and_scales_intensities_in_unit_range():
-    plain, gained = _with(), _with("gain")
-    gained.load_state_dict({**plain.state_dict(), **{k: v for k, v in gained.state_dict().items() if "gain" in k}})
-    x, y = _img(seed=1), _img(seed=2)
-    noise = plain.sample_noise(x, _gen(3))
-    with torch.no_grad():
-        code = plain.quantize(plain.encode(y), "round")[0]
-        base = plain.synthesize(x, code, noise)
-        assert torch.allclose(gained.synthesize(x, code, noise), base, atol=1e-6)  # a warm start is unchanged
-        gained.extras.gain.code.bias.fill_(-1.0)                             # g = 2·sigmoid(−1)
-        g = 2 * torch.sigmoid(torch.tensor(-1.0))
-        assert torch.allclose(gained.synthesize(x, code, noise), g * (base + 1) - 1, atol=1e-6)

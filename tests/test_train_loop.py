@@ -238,16 +238,3 @@ def test_the_teacher_term_holds_renders_without_noise_to_the_init_and_needs_one(
     assert noisy > 0.8 * free, (noisy, free)               # noisy samples are free to change
     with pytest.raises(ConfigError, match="--init"):
         train(_FixedBatch(fixed), TrainConfig(preset="tiny", lambda_teacher=1.0), tmp_path / "x", progress=False)
-
-
-def test_the_gain_learns_its_label():
-    from redegrade.model import ModelConfig, UniversalDegradationModel
-
-    torch.manual_seed(0)
-    tiny = ModelConfig.preset("tiny")
-    model = UniversalDegradationModel(ModelConfig(**{**tiny.to_dict(), "extras": (*tiny.extras, "gain")}))
-    fixed = _sampler(batch=4).sample(0)
-    fixed.gain = torch.tensor([0.84, float("nan"), 0.84, 0.84])
-    trainer = Trainer(model, TrainConfig(preset="tiny", crop=32, batch=4, lr=2e-4, lambda_gain=10.0, lambda_contra=0.0))
-    losses = [trainer.step(_FixedBatch(fixed))["gain"] for _ in range(16)]
-    assert losses[0] == pytest.approx(0.16 ** 2, rel=1e-3) and losses[-1] < 0.2 * losses[0]

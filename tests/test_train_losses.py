@@ -262,10 +262,3 @@ def test_noise_level_loss_tells_the_noise_head_the_known_noise_and_leaves_the_ou
     for p in (head.code.weight, head.level[2].bias, head.level[2].weight, head.mix.weight,
               model.hden.head[2].weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
-
-
-def test_gain_loss_reads_only_labelled_samples_and_is_smallest_at_the_label():
-    label = torch.tensor([0.84, float("nan"), 1.0])
-    assert L.gain_loss(torch.tensor([0.84, 0.1, 1.0]), label) == 0
-    assert L.gain_loss(torch.tensor([0.9, 0.1, 1.0]), label) > 0
-    assert L.gain_loss(torch.tensor([0.5, 0.5, 0.5]), torch.full((3,), float("nan"))) == 0

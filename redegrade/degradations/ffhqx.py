@@ -115,13 +115,6 @@ def _noisy_at_full_size(name: str) -> bool:
     return "N" in name and "U" not in name
 
 
-def _gain(name: str, level: str) -> float:
-    """The darkening y shows where N's drops are not seen in it: 1 − p after A or U (JPEG and the resize
-    smear the drops), 1 elsewhere (black in y: :mod:`~redegrade.model.extras.lost_pixels`)."""
-    hidden = "N" in name and ("A" in name or "U" in name)
-    return 1.0 - NOISE[level][1] if hidden else 1.0
-
-
 class FFHQXMix:
     """FFHQ-X as a training mix, as the paper trained its FFHQ model for GAN inversion (tech-facts
     §1.12(b)): each sample gets one of RSG's 31 tasks (20 single tasks × levels, 11 combinations at M),
@@ -131,7 +124,7 @@ class FFHQXMix:
     it is resized back to R (area/bicubic, as the restore CLI brings every observation to the prior's
     size), so the model learns the degradation the inversion will show it. ``params`` holds the task,
     level and seed, ``{"jpeg": {"quality": q}}`` when the task compresses (the JPEG head's label) and
-    ``"gain"``, the label of the model's gain (:func:`_gain`), and ``"noisy": True`` when it adds noise at the observation's resolution (y given x is then random pixel by
+    ``"noisy": True`` when it adds noise at the observation's resolution (y given x is then random pixel by
     pixel). After U, N's noise and drops are drawn on the small image and the resize back to R makes
     them smooth blotches that an observation cannot tell from content: not noisy in that sense.
     """
@@ -147,7 +140,6 @@ class FFHQXMix:
             params["jpeg"] = {"quality": QUALITIES[level]}
         if _noisy_at_full_size(name):
             params["noisy"] = True
-        params["gain"] = _gain(name, level)
         return params
 
     @torch.no_grad()

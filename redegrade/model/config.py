@@ -52,7 +52,7 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
         """``paper`` (CDD sizes; for CDD's exact network see :mod:`redegrade.model.cdd`), ``small`` (trainable
-        on a few CPU cores), ``small-ffhqx`` (``small`` with a 4:2:0 JPEG head, lost pixels and a gain, for FFHQ-X) or ``tiny`` (tests)."""
+        on a few CPU cores), ``small-ffhqx`` (``small`` with a 4:2:0 JPEG head and lost pixels, for FFHQ-X) or ``tiny`` (tests)."""
         try:
             return _PRESETS[name]
         except KeyError:
@@ -119,7 +119,6 @@ _PRESETS = {
     "tiny": ModelConfig(widths=(4, 8, 8), blocks=(1, 1, 1, 1, 1), map_channels=4, enc_width=4, entropy_mlp_layers=1,
                         extras=("global_residual",)),
 }
-# the FFHQ-X model: the small one with a JPEG head that subsamples chroma as PIL does, the pixels FFHQ-X
-# drops or paints over read from y, and a gain for the drops y does not show
-_PRESETS["small-ffhqx"] = dataclasses.replace(_PRESETS["small"],
-                                              extras=(*_SMALL_EXTRAS, "jpeg_420", "lost_pixels", "gain"))
+# the FFHQ-X model: the small one with a JPEG head that subsamples chroma as PIL does, and the pixels FFHQ-X
+# drops or paints over read from y
+_PRESETS["small-ffhqx"] = dataclasses.replace(_PRESETS["small"], extras=(*_SMALL_EXTRAS, "jpeg_420", "lost_pixels"))

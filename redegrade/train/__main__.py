@@ -55,8 +55,6 @@ D = TrainConfig()
                    "as fixed (they otherwise push the steps up for noisy JPEGs).")
 @click.option("--lambda-noise", type=float, default=D.lambda_noise,
               help="Weight of the noise head's level vs each sample's known Gaussian noise (0 = off).")
-@click.option("--lambda-gain", type=float, default=D.lambda_gain,
-              help="Weight of the gain extra's label loss (FFHQ-X: 1 - drop rate where y hides the drops).")
 @click.option("--lambda-teacher", type=float, default=D.lambda_teacher,
               help="Pixel L1 between ŷ and the --init model's ŷ (same noise) on samples whose task adds no noise: "
                    "a fine-tune of the noise keeps the rest as --init rendered it.")
@@ -119,7 +117,7 @@ D = TrainConfig()
 def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, max_side: int, lr: float,
          lr_aux: float, adam_eps: float, max_minutes: float | None, perceptual: str, lambda_sim: float,
          lambda_grid: float, lambda_quality: float, lambda_dist: float, lambda_jpeg: float, jpeg_steps_from_label: bool, lambda_noise: float,
-         lambda_gain: float, lambda_teacher: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
+         lambda_teacher: float, clean_prob: float, lambda_clean: float, noise_prob: float, noise_std: float,
          jpeg_prob: float, jpeg_min: int, blur_max_sigma: float, mix: str, pairs: bool, freeze_bn: bool, train_only: str, init: Path | None, init_skip: str,
          lambda_color: float, lambda_diver: float,
          lambda_contra: float, lambda_l: float, lambda_g: float, lambda_aux: float, quant_warmup: int, gan: bool,
@@ -148,7 +146,7 @@ def main(data: Path, out: Path, preset: str, steps: int, batch: int, crop: int, 
                          perceptual=perceptual, lambda_sim=lambda_sim, lambda_grid=lambda_grid,
                          lambda_quality=lambda_quality, lambda_dist=lambda_dist, lambda_jpeg=lambda_jpeg,
                          jpeg_steps_from_label=jpeg_steps_from_label, lambda_noise=lambda_noise,
-                         lambda_gain=lambda_gain, lambda_teacher=lambda_teacher,
+                         lambda_teacher=lambda_teacher,
                          clean_prob=clean_prob, lambda_clean=lambda_clean, noise_prob=noise_prob, noise_std=noise_std,
                          jpeg_prob=jpeg_prob, jpeg_min=jpeg_min, blur_max_sigma=blur_max_sigma,
                          mix=mix, pairs=pairs, freeze_bn=freeze_bn, train_only=train_only, init=str(init or ""),

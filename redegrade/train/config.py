@@ -29,7 +29,6 @@ class TrainConfig:
     jpeg_steps_from_label: bool = False  # only jpeg_step_loss moves the JPEG head's steps (see Trainer)
     lambda_dist: float = 0.0       # residual distributions of y and ŷ on noisy samples (residual_distribution_loss; not in CDD)
     lambda_noise: float = 0.0      # noise head's level vs the sample's known noise (noise_level_loss; not in CDD)
-    lambda_gain: float = 0.0       # gain extra vs the mix's label (gain_loss; not in CDD)
     lambda_teacher: float = 0.0    # L1 to the --init model's ŷ on samples without noise (see Trainer.losses; not in CDD)
     lambda_color: float = 10.0     # 10*rgbn
     lambda_diver: float = 1.0

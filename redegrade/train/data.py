@@ -81,7 +81,6 @@ class Batch:
     jpeg_quality: torch.Tensor | None = None  # [B] int: the JPEG quality y was saved at, 0 for none
     noise_std: torch.Tensor | None = None     # [B] float: the Gaussian noise std added to y ([0,1] units), 0 for none
     noisy: torch.Tensor | None = None         # [B] bool: y given x is random pixel by pixel (the task adds noise)
-    gain: torch.Tensor | None = None          # [B] float: the gain label of the mix (NaN where it has none)
 
 
 class PairSampler:
@@ -156,7 +155,7 @@ class PairSampler:
     def sample(self, step: int) -> Batch:
         """The batch for training step ``step`` (same step, same seed → same tensors)."""
         g = self.generator(step)
-        xs, ys, ps, cl, jq, ns, nz, gn = [], [], [], [], [], [], [], []
+        xs, ys, ps, cl, jq, ns, nz = [], [], [], [], [], [], []
         groups = self.batch // 2 if self.pairs else self.batch
         idx = torch.multinomial(self.weights, groups, replacement=True, generator=g).tolist()
         for i in idx:
@@ -176,7 +175,6 @@ class PairSampler:
                 degraded = [d.clamp(-1, 1) for d in degraded]
             jq += [int(params.get("jpeg", {}).get("quality", 0))] * len(regions)
             ns += [float(params.get("gaussian_noise", {}).get("std", 0.0))] * len(regions)
-            gn += [float(params.get("gain", float("nan")))] * len(regions)
             # FFHQ-X labels its noisy tasks; a WQI draw is noisy when it ran one of the mix's noise steps
             nz += [bool(params.get("noisy") or any(k in params for k in NOISE_STEPS))] * len(regions)
             for region, deg in zip(regions, degraded):
@@ -186,11 +184,11 @@ class PairSampler:
                 ys.append(self._crop(deg, t1, l1))
                 ps.append(self._crop(deg, t2, l2))
         x, y, clean, quality, std = torch.cat(xs), torch.cat(ys), torch.tensor(cl), torch.tensor(jq), torch.tensor(ns)
-        noisy, gain = torch.tensor(nz), torch.tensor(gn)
+        noisy = torch.tensor(nz)
         if not self.pairs:
-            return Batch(x, y, torch.cat(ps), clean=clean, jpeg_quality=quality, noise_std=std, noisy=noisy, gain=gain)
+            return Batch(x, y, torch.cat(ps), clean=clean, jpeg_quality=quality, noise_std=std, noisy=noisy)
         partner = torch.arange(self.batch) ^ 1
-        return Batch(x, y, y[partner], partner, clean, quality, std, noisy, gain)
+        return Batch(x, y, y[partner], partner, clean, quality, std, noisy)
 
 
 def synthetic_images(n: int = 4, size: int = 96, seed: int = 0) -> list[torch.Tensor]:

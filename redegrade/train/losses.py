@@ -11,7 +11,7 @@ Every loss takes and compares images in ``[-1,1]`` ``[B,3,H,W]`` and returns a s
 * :func:`residual_distribution_loss` — the distribution of y − x against that of ŷ − x (1-D Wasserstein
   per image and channel), so the model renders a degradation's randomness at its true strength.
 * :func:`color_loss` (``rgbn``), :func:`diversity_loss`, :func:`contrastive_loss`, :func:`rate_per_position`;
-* the heads' labels: :func:`jpeg_step_loss`, :func:`noise_level_loss`, :func:`gain_loss`;
+* the heads' labels: :func:`jpeg_step_loss`, :func:`noise_level_loss`;
 * the WGAN-GP pair — :mod:`redegrade.train.gan`.
 """
 from __future__ import annotations
@@ -235,15 +235,6 @@ def noise_level_loss(sigma: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return ((got + NOISE_LOG_OFFSET).log() - (want + NOISE_LOG_OFFSET).log()).square().mean()
 
 
-def gain_loss(gain: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between the gain ``gain`` [B] and its label [B], over the samples that have one
-    (NaN: none); 0 when none has."""
-    have = ~torch.isnan(label)
-    if not have.any():
-        return gain.sum() * 0
-    return (gain[have.to(gain.device)] - label[have].to(gain)).square().mean()
-
-
 def check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     """Raise :class:`ShapeError` unless ``a`` and ``b`` are [B,C,H,W] images of one shape."""
     if a.shape != b.shape or a.dim() != 4:
@@ -252,4 +243,4 @@ def check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 
 __all__ = ["gaussian_blur", "color_loss", "residual_distribution_loss", "diversity_loss", "contrastive_loss",
            "rate_per_position", "GridLoss", "QualityLoss", "libjpeg_scale", "jpeg_step_loss", "noise_level_loss",
-           "gain_loss", "check_pair"]
+           "check_pair"]

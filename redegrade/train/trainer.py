@@ -86,7 +86,7 @@ class Trainer:
     def losses(self, x: torch.Tensor, y: torch.Tensor, y_pos: torch.Tensor, g: torch.Generator,
                partner: torch.Tensor | None = None, clean: torch.Tensor | None = None,
                jpeg_quality: torch.Tensor | None = None, noise_std: torch.Tensor | None = None,
-               noisy: torch.Tensor | None = None, gain: torch.Tensor | None = None
+               noisy: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Weighted total, the unweighted terms, ŷ₁ and the MoCo keys (None when λ_contra = 0).
 
@@ -95,7 +95,7 @@ class Trainer:
         weight does not depend on how many clean samples a batch happens to hold); ``jpeg_quality``
         (0 = none) supervises a JPEG head's step, ``noise_std`` (0 = none) a noise head's level;
         ``noisy`` marks the samples whose y is random given x, the only ones the residual distribution
-        term sees (all of them when None); ``gain`` (NaN = none) supervises a gain's value.
+        term sees (all of them when None).
         """
         c, m = self.config, self.model
         code = m.encode(y)
@@ -132,8 +132,6 @@ class Trainer:
             terms["jpeg"] = L.jpeg_step_loss(steps, jpeg_quality.to(steps.device))
         if "noise_std" in heads and noise_std is not None and c.lambda_noise:
             terms["noise"] = L.noise_level_loss(heads["noise_std"], noise_std)
-        if "gain" in heads and gain is not None and c.lambda_gain:
-            terms["gain"] = L.gain_loss(heads["gain"], gain)
         if self.teacher is not None and c.lambda_teacher:
             terms["teacher"] = self._teacher_loss(x, y, y_hat, noise, partner, noisy)
         if clean is not None and c.lambda_clean:
@@ -149,7 +147,7 @@ class Trainer:
             terms["gan"] = gan.generator_gan_loss(self.critic, x, y_hat)
         weights = {"sim": c.lambda_sim, "grid": c.lambda_grid, "quality": c.lambda_quality, "dist": c.lambda_dist,
                    "jpeg": c.lambda_jpeg,
-                   "noise": c.lambda_noise, "gain": c.lambda_gain, "teacher": c.lambda_teacher,
+                   "noise": c.lambda_noise, "teacher": c.lambda_teacher,
                    "color": c.lambda_color, "clean": c.lambda_clean,
                    "rate_g": c.lambda_g, "rate_l": c.lambda_l,
                    "aux": c.lambda_aux, "diver": c.lambda_diver, "contra": c.lambda_contra, "gan": c.lambda_gan}
@@ -183,10 +181,10 @@ class Trainer:
         g = torch.Generator().manual_seed((self.config.seed * 7_919 + self.step_count + 1) % (2 ** 63))
         x, y, y_pos = (t.to(self.device) for t in (batch.x, batch.y, batch.y_pos))
         t_data = time.perf_counter() - t0
-        partner, clean, quality, std, noisy, gain = (
+        partner, clean, quality, std, noisy = (
             t.to(self.device) if t is not None else None
-            for t in (batch.partner, batch.clean, batch.jpeg_quality, batch.noise_std, batch.noisy, batch.gain))
-        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality, std, noisy, gain)
+            for t in (batch.partner, batch.clean, batch.jpeg_quality, batch.noise_std, batch.noisy))
+        total, terms, y_hat, keys = self.losses(x, y, y_pos, g, partner, clean, quality, std, noisy)
         if not torch.isfinite(total):
             raise ConfigError(f"training diverged at step {self.step_count} (loss {float(total)}; terms "
                               f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or a --lambda-*")

@@ -9,8 +9,6 @@
                      (:class:`~redegrade.model.extras.signatures.Signatures`)
 ``noise_head``       pixel noise from three extra full-size noise maps
                      (:class:`~redegrade.model.extras.noise_head.NoiseHead`)
-``gain``             ŷ's intensities scaled by a gain read from e_g, before JPEG: the darkening of drops
-                     that y does not show (:class:`~redegrade.model.extras.gain.Gain`)
 ``jpeg_head``        ŷ's block DCT rounded to JPEG steps read from e and e_g, last, as JPEG comes last
                      (:class:`~redegrade.model.extras.jpeg_head.JpegHead`)
 ``jpeg_420``         the JPEG head also subsamples chroma 4:2:0, as PIL and OpenCV write JPEG by default
@@ -21,7 +19,7 @@
 Where they act (:class:`Extras`)::
 
     y ─HDEN─► e_g ─(+ signatures(y))─► e_g;   y ─► keep (lost_pixels)
-    x ─(‖ grid_phase)─► U-Net features F ─conv_last─► (+ noise_head(F, e, z, e_g)) ─(+ x)─► ·gain ─► jpeg_head ─► ·keep ─► ŷ
+    x ─(‖ grid_phase)─► U-Net features F ─conv_last─► (+ noise_head(F, e, z, e_g)) ─(+ x)─► jpeg_head ─► ·keep ─► ŷ
 """
 from __future__ import annotations
 
@@ -31,13 +29,12 @@ import torch
 from torch import nn
 
 from redegrade.model.extras import lost_pixels
-from redegrade.model.extras.gain import Gain
 from redegrade.model.extras.jpeg_head import JpegHead
 from redegrade.model.extras.noise_head import NoiseHead
 from redegrade.model.extras.signatures import Signatures
 
 #: Every extra, in the order a config lists them.
-NAMES = ("global_residual", "grid_phase", "signatures", "noise_head", "gain", "jpeg_head", "jpeg_420", "lost_pixels")
+NAMES = ("global_residual", "grid_phase", "signatures", "noise_head", "jpeg_head", "jpeg_420", "lost_pixels")
 #: Extras that only modify another one.
 NEEDS = {"jpeg_420": "jpeg_head"}
 #: Channels :func:`grid_phase` adds to the synthesis input.
@@ -71,7 +68,6 @@ class Extras(nn.Module):
         self.lost_pixels = "lost_pixels" in names
         self.signatures = Signatures(dim_g) if "signatures" in names else None
         self.noise_head = NoiseHead(features, map_channels, dim_g=dim_g) if "noise_head" in names else None
-        self.gain = Gain(dim_g) if "gain" in names else None
         self.jpeg_head = (JpegHead(map_channels, dim_g, subsample="jpeg_420" in names)
                           if "jpeg_head" in names else None)
 
@@ -103,11 +99,11 @@ class Extras(nn.Module):
     def finish(self, out: torch.Tensor, x: torch.Tensor, feat: torch.Tensor, e: torch.Tensor, e_g: torch.Tensor,
                noise: list[torch.Tensor], *, heads: dict[str, torch.Tensor] | None = None,
                fixed_jpeg_steps: bool = False, dither: torch.Generator | None = None) -> torch.Tensor:
-        """The U-Net's output ``out`` [B,3,H,W] through the noise head, the global residual, the gain and
-        the JPEG head, in that order. ``x``: the input image; ``feat``: the last decoder features; ``e``: the fused
+        """The U-Net's output ``out`` [B,3,H,W] through the noise head, the global residual and the JPEG
+        head, in that order. ``x``: the input image; ``feat``: the last decoder features; ``e``: the fused
         map; ``e_g``: the global code; ``noise``: the :attr:`num_noise` maps the extras read.
 
-        ``heads`` (a dict) receives what the heads decided: ``noise_std`` ``[B,3,H,W]``, ``gain`` ``[B]`` and
+        ``heads`` (a dict) receives what the heads decided: ``noise_std`` ``[B,3,H,W]`` and
         ``jpeg_multipliers`` ``[B,2,H/8,W/8]``; with ``fixed_jpeg_steps`` ŷ's gradient does not reach
         the JPEG steps (those in ``heads`` keep theirs). ``dither`` makes the JPEG head add uniform noise
         of its steps' width instead of rounding (see :meth:`JpegHead.forward
@@ -118,10 +114,6 @@ class Extras(nn.Module):
             if heads is not None:
                 heads["noise_std"] = self.noise_head.output_std(feat, e, e_g)
         out = x + out if self.global_residual else out
-        if self.gain is not None:
-            out, g = self.gain(out, e_g)
-            if heads is not None:
-                heads["gain"] = g
         if self.jpeg_head is None:
             return out
         # JPEG's rounding stays in float32 under autocast: bf16 holds 8 significant bits, too few for
