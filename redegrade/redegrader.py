@@ -89,6 +89,13 @@ class Redegrader(ForwardModel):
         self._dither: torch.Generator | None = None
         self.freeze()
 
+    def _apply(self, fn, recurse: bool = True):
+        # the lost pixels are no variable but move with them (a reset on CPU, then .to("cuda"))
+        super()._apply(fn, recurse)
+        if self.keep is not None:
+            self.keep = fn(self.keep)
+        return self
+
     def train(self, mode: bool = True) -> "Redegrader":
         """The network stays in eval mode (BatchNorm uses running statistics) whatever ``mode`` says."""
         return super().train(False)

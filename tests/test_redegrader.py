@@ -246,3 +246,5 @@ def test_the_lost_pixels_of_y_are_fixed_in_the_forward_model_and_never_optimised
     assert (out[..., 4:6, 10] == -1).all() and (out[..., 0:4, 10] != -1).all()
     big = red(torch.zeros(1, 3, 64, 64))                    # another size: the lost pixels follow, nearest
     assert (big[..., 8:12, 20:22] == -1).all()
+    red.to(torch.float64)                                   # and they move with the variables
+    assert red.keep.dtype == torch.float64 and (red(x.double())[..., 4:6, 10] == -1).all()
