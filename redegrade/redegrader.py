@@ -23,6 +23,7 @@ from redegrade.forward import ForwardModel
 from redegrade.image import check_image
 from redegrade.model import DegradationCode, UniversalDegradationModel, load_state, save_state
 from redegrade.model.cdd import CDDModel
+from redegrade.model.extras import lost_pixels
 from redegrade.model.io import CONFIG_NAME, WEIGHTS_NAME
 from redegrade.pixels import MULTIPLE
 
@@ -220,8 +221,7 @@ class Redegrader(ForwardModel):
         noise = self.noise
         if tuple(code.e_l.shape[-2:]) != (h // 2, w // 2):
             e_l = F.interpolate(code.e_l, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
-            keep = None if code.keep is None else F.interpolate(code.keep, size=(h, w), mode="nearest")
-            code = DegradationCode(code.e_g, e_l, keep)
+            code = DegradationCode(code.e_g, e_l, lost_pixels.resize(code.keep, (h, w)))
             noise = [F.interpolate(n, size=s, mode="nearest") for n, s in zip(noise, self.model.noise_shapes(h, w))]
         code_hat, _ = self.model.quantize(code, self.quantizer, rate=False)  # the rate is never read here
         dtype = PRECISIONS[self.precision]

@@ -149,9 +149,9 @@ def transfer_code(redegrader: Redegrader, clean: torch.Tensor, global_from: torc
     by its spatial mean, which works for any aspect ratio.
     """
     import torch
-    import torch.nn.functional as F
 
     from redegrade.model import DegradationCode
+    from redegrade.model.extras import lost_pixels
 
     with torch.no_grad():
         local_from = global_from if local_from is None else local_from
@@ -164,9 +164,7 @@ def transfer_code(redegrader: Redegrader, clean: torch.Tensor, global_from: torc
             e_l, keep = e_l.mean(dim=(-2, -1), keepdim=True).expand(-1, -1, *grid), None
         else:
             check_local_shape(tuple(local_from.shape[-2:]), tuple(clean.shape[-2:]))
-            e_l = resize_local(e_l, grid)
-            if keep is not None:
-                keep = F.interpolate(keep, size=tuple(clean.shape[-2:]), mode="nearest")
+            e_l, keep = resize_local(e_l, grid), lost_pixels.resize(keep, tuple(clean.shape[-2:]))
         return DegradationCode(e_g=code_g.e_g, e_l=e_l.contiguous(), keep=keep)
 
 

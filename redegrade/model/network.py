@@ -49,6 +49,10 @@ class DegradationCode:
         keep = None if self.keep is None else self.keep.to(*args, **kwargs)
         return DegradationCode(self.e_g.to(*args, **kwargs), self.e_l.to(*args, **kwargs), keep)
 
+    def codes_of(self, index: torch.Tensor) -> "DegradationCode":
+        """e_g and e_l of the batch entries ``index`` with this code's own lost pixels: another sample's
+        degradation drawn where these observations lost theirs (training on transfer)."""
+        return DegradationCode(self.e_g[index], self.e_l[index], self.keep)
 
 
 class MapFusion(nn.Module):

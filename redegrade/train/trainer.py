@@ -26,7 +26,6 @@ from torch import nn
 
 from redegrade.errors import CheckpointError, ConfigError
 from redegrade.files import atomic_path
-from redegrade.model.network import DegradationCode
 from redegrade.train import gan
 from redegrade.train import losses as L
 from redegrade.train.config import TrainConfig, split_prefixes
@@ -105,8 +104,7 @@ class Trainer:
         mode = "none" if self.step_count < c.quant_warmup else "noise"
         code_hat, rate = m.quantize(code, mode, generator=g)
         if partner is not None:
-            # the partner's degradation (transfer), drawn where this y lost its pixels: the loss compares to y
-            code_hat = DegradationCode(code_hat.e_g[partner], code_hat.e_l[partner], code_hat.keep)
+            code_hat = code_hat.codes_of(partner)  # the loss compares to this y, so its own lost pixels
         # The image losses pushed the JPEG steps to 1.5-2x libjpeg's for noise JPEG'd afterwards, even at
         # --lambda-jpeg 10, so the head rounded the noise away; the steps have a label: learn from it alone.
         fixed = c.jpeg_steps_from_label
@@ -167,7 +165,7 @@ class Trainer:
         with torch.no_grad():
             code, _ = t.quantize(t.encode(y), "round", rate=False)
             if partner is not None:
-                code = DegradationCode(code.e_g[partner], code.e_l[partner], code.keep)
+                code = code.codes_of(partner)
             y_old = t.synthesize(x, code, noise)
         per_sample = (y_hat - y_old).abs().mean(dim=(1, 2, 3))
         weight = torch.ones_like(per_sample) if noisy is None else (~noisy.to(per_sample.device)).to(per_sample)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 #: [0,1] level at or under which a pixel's brightest channel counts as black: half a step of 8 bits, so
 #: only pixels stored as (0, 0, 0) do.
@@ -21,6 +22,11 @@ def keep_mask(y: torch.Tensor) -> torch.Tensor:
     """
     brightest = y.detach().amax(dim=1, keepdim=True)
     return (brightest > 2 * BLACK - 1).to(y.dtype)
+
+
+def resize(keep: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """``keep`` [B,1,h,w] at ``size`` (nearest neighbour, so it stays 0/1); None stays None."""
+    return None if keep is None else F.interpolate(keep, size=size, mode="nearest")
 
 
 def apply(out: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
