@@ -10,6 +10,7 @@ anywhere in the bin; dithered, it is pulled to the bin's centre, where JPEG's de
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -86,15 +87,18 @@ class Redegrader(ForwardModel):
         self.e_l_logit: torch.Tensor | None = None
         self.noise: list[torch.Tensor] = []
         self.keep: torch.Tensor | None = None
+        self.factor: torch.Tensor | None = None
         self._dither_seed = 0
         self._dither: torch.Generator | None = None
         self.freeze()
 
     def _apply(self, fn, recurse: bool = True):
-        # the lost pixels are no variable but move with them (a reset on CPU, then .to("cuda"))
+        # what was measured of y is no variable but moves with them (a reset on CPU, then .to("cuda"))
         super()._apply(fn, recurse)
         if self.keep is not None:
             self.keep = fn(self.keep)
+        if self.factor is not None:
+            self.factor = fn(self.factor)
         return self
 
     def train(self, mode: bool = True) -> "Redegrader":
@@ -182,7 +186,8 @@ class Redegrader(ForwardModel):
 
     def set_code(self, code: DegradationCode, noise: list[torch.Tensor] | None = None) -> None:
         """Replace the variables by ``code`` (e.g. e_g of one image with e_l of another) and ``noise``;
-        ``code.keep`` (the lost pixels, if the model reads them) is kept as it is, not optimised.
+        What the code measured of y (``keep``, ``factor``; see :class:`~redegrade.model.DegradationCode`) is
+        kept as it is, not optimised.
 
         Without ``noise`` the current maps are kept when their sizes fit e_l, else fresh seed-0 maps
         are drawn.
@@ -192,6 +197,7 @@ class Redegrader(ForwardModel):
         self.e_g = code.e_g.detach().clone().requires_grad_(True)
         self.e_l_logit = torch.logit(e_l).requires_grad_(True)
         self.keep = None if code.keep is None else code.keep.detach()
+        self.factor = code.factor
         b, _, h, w = code.e_l.shape
         shapes = [(b, 1, *s) for s in self.model.noise_shapes(2 * h, 2 * w)]
         if noise is None:
@@ -206,7 +212,7 @@ class Redegrader(ForwardModel):
     def code(self) -> DegradationCode:
         """The current (unquantised) code: e_g and sigmoid(e_l logit)."""
         self._require_reset()
-        return DegradationCode(self.e_g, torch.sigmoid(self.e_l_logit), self.keep)
+        return DegradationCode(self.e_g, torch.sigmoid(self.e_l_logit), self.keep, self.factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ŷ = f̂(x, Q(e_g), Q(sigmoid(e_l)), n) with Q the ``quantizer`` (STE by default).
@@ -221,7 +227,7 @@ class Redegrader(ForwardModel):
         noise = self.noise
         if tuple(code.e_l.shape[-2:]) != (h // 2, w // 2):
             e_l = F.interpolate(code.e_l, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
-            code = DegradationCode(code.e_g, e_l, lost_pixels.resize(code.keep, (h, w)))
+            code = dataclasses.replace(code, e_l=e_l, keep=lost_pixels.resize(code.keep, (h, w)))
             noise = [F.interpolate(n, size=s, mode="nearest") for n, s in zip(noise, self.model.noise_shapes(h, w))]
         code_hat, _ = self.model.quantize(code, self.quantizer, rate=False)  # the rate is never read here
         dtype = PRECISIONS[self.precision]

@@ -165,7 +165,8 @@ def transfer_code(redegrader: Redegrader, clean: torch.Tensor, global_from: torc
         else:
             check_local_shape(tuple(local_from.shape[-2:]), tuple(clean.shape[-2:]))
             e_l, keep = resize_local(e_l, grid), lost_pixels.resize(keep, tuple(clean.shape[-2:]))
-        return DegradationCode(e_g=code_g.e_g, e_l=e_l.contiguous(), keep=keep)
+        # the resize factor is a property of the whole observation, like e_g
+        return DegradationCode(e_g=code_g.e_g, e_l=e_l.contiguous(), keep=keep, factor=code_g.factor)
 
 
 def transfer(redegrader: Redegrader, clean: torch.Tensor, global_from: torch.Tensor,

@@ -102,7 +102,7 @@ def test_configs_with_the_old_extra_flags_load_and_combinations_never_built_say_
            "noise_signature": True, "grid_phase": True}
     del old["extras"]
     cfg = ModelConfig.from_dict(old)
-    assert cfg == dataclasses.replace(ModelConfig.preset("tiny"), extras=tuple(n for n in extras.NAMES if n != "lost_pixels"))
+    assert cfg == dataclasses.replace(ModelConfig.preset("tiny"), extras=tuple(n for n in extras.NAMES if n not in ("lost_pixels", "resized")))
     with pytest.raises(ConfigError, match="noise_code"):
         ModelConfig.from_dict({**old, "noise_code": False})
     with pytest.raises(ConfigError, match="all on or all off"):
@@ -189,3 +189,59 @@ def test_lost_pixels_are_read_from_y_and_stay_black_whatever_x_is():
     out[0, :, 3, 5].sum().backward()                         # nothing in x changes a lost pixel
     assert torch.equal(x.grad, torch.zeros_like(x))
     assert _with().encode(y).keep is None                    # models without the extra never read it
+
+
+def _upsampled(img: torch.Tensor, factor: int) -> torch.Tensor:
+    """``img`` taken to 1/factor of its size and back as a restore brings a small observation up."""
+    from redegrade.image import resize
+
+    return resize(resize(img, img.shape[-1] // factor), img.shape[-1])
+
+
+def test_resize_factor_is_read_from_y_and_only_what_y_can_show_of_x_reaches_y_hat():
+    from redegrade.model.extras import resized
+
+    m = _with("resized")
+    img = _img(4, 64, 64, seed=1)
+    y = torch.cat([_upsampled(img[:1], 2), _upsampled(img[1:2], 8), img[2:3], torch.zeros(1, 3, 64, 64)])
+    code = m.encode(y)
+    assert code.factor.tolist() == [2, 8, 1, 1]              # a flat image is not called upsampled
+    assert _with().encode(y).factor is None                  # models without the extra never read it
+    code_hat = m.quantize(code, "round")[0]
+    x = _img(4, 64, 64, seed=2)
+    noise = m.sample_noise(x, _gen(3))
+    out = m.synthesize(x, code_hat, noise)
+    # ŷ is rendered from x down and up by y's factor, by each sample's own
+    torch.testing.assert_close(out, m.synthesize(resized.apply(x, code.factor), dataclasses.replace(code_hat, factor=None), noise))
+    # a pattern that averages out over every 8×8 cell is detail the 8× upsampled y cannot show: it changes only
+    # the samples that can show it
+    cells = torch.arange(64) // 4
+    checker = ((cells.view(-1, 1) + cells) % 2 * 2 - 1).float() * 0.05      # 4×4 squares
+    moved = (m.synthesize(x + checker, code_hat, noise) - out).abs().amax(dim=(1, 2, 3))
+    assert moved[1] < 1e-5 and (moved[[0, 2, 3]] > 1e-3).all(), moved
+
+
+def test_resize_factor_of_ffhqx_u_observations_is_the_tasks_factor():
+    """Measured on generator faces: U's factor at every level whose small image is at least 2 px on
+    a side below it, 1 for the tasks without U."""
+    from redegrade.degradations import ffhqx
+    from redegrade.image import resize
+    from redegrade.model.extras import resized
+
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from inrange import natural_generator, targets
+
+    x = targets(natural_generator(64, seed=0), 3, seed=0, psi=1.0)
+
+    def observed(name, level="M"):
+        return torch.cat([resize(ffhqx.task(name, level, resolution=64, seed=i).apply(x[i:i + 1]), 64) for i in range(3)])
+    for level in ("XS", "S", "M", "L"):
+        assert resized.measure(observed("U", level)).tolist() == [ffhqx.FACTORS[level]] * 3, level
+    for name in ("UN", "UNAP"):
+        assert resized.measure(observed(name)).tolist() == [8] * 3, name
+    for name in ("N", "A", "P", "NA"):
+        assert resized.measure(observed(name)).tolist() == [1] * 3, name
+    assert resized.measure(x).tolist() == [1] * 3

@@ -248,3 +248,23 @@ def test_the_lost_pixels_of_y_are_fixed_in_the_forward_model_and_never_optimised
     assert (big[..., 8:12, 20:22] == -1).all()
     red.to(torch.float64)                                   # and they move with the variables
     assert red.keep.dtype == torch.float64 and (red(x.double())[..., 4:6, 10] == -1).all()
+
+
+def test_the_resize_factor_of_y_is_fixed_in_the_forward_model_and_moves_with_it():
+    from model_helpers import _with
+
+    from redegrade.image import resize
+
+    red = Redegrader(_with("resized"))
+    y = resize(resize(_img(1, 64, 64, seed=3), 8), 64)                # an 8×8 observation brought to 64²
+    red.reset(y)
+    assert red.code().factor.tolist() == [8] and "factor" not in red.named_variables()
+    x = _img(1, 64, 64, seed=4).requires_grad_(True)
+    red(x).sum().backward()
+    cells = torch.arange(64) // 4
+    checker = ((cells.view(-1, 1) + cells) % 2 * 2 - 1).float()          # averages out over every 8×8 cell
+    assert abs(float((x.grad * checker).sum())) < 1e-4 * float(x.grad.abs().sum())  # y cannot show it: no gradient
+    with torch.no_grad():
+        torch.testing.assert_close(red(x + 0.05 * checker), red(x))
+    red.to(torch.float64)
+    assert red.factor.dtype == torch.int64 and red(x.detach().double()).dtype == torch.float32

@@ -238,3 +238,30 @@ def test_the_teacher_term_holds_renders_without_noise_to_the_init_and_needs_one(
     assert noisy > 0.8 * free, (noisy, free)               # noisy samples are free to change
     with pytest.raises(ConfigError, match="--init"):
         train(_FixedBatch(fixed), TrainConfig(preset="tiny", lambda_teacher=1.0), tmp_path / "x", progress=False)
+
+
+def test_the_teacher_lets_go_of_samples_the_student_measures_as_upsampled_and_it_cannot():
+    """A teacher without the ``resized`` extra paints the resize; held to it, the student would be too."""
+    import dataclasses
+
+    from redegrade.image import resize
+    from redegrade.model import ModelConfig, UniversalDegradationModel
+
+    torch.manual_seed(0)
+    tiny = ModelConfig.preset("tiny")
+    student = UniversalDegradationModel(dataclasses.replace(tiny, extras=(*tiny.extras, "resized")))
+    teacher = UniversalDegradationModel(tiny)
+    trainer = Trainer(student, TrainConfig(preset="tiny", lambda_teacher=1.0), teacher=teacher)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    y = torch.cat([x[:1], resize(resize(x[1:], 8), 32)])
+    noise = student.sample_noise(x, torch.Generator().manual_seed(2))
+    factor = student.encode(y).factor
+    assert factor.tolist() == [1, 4]
+    y_hat = torch.zeros_like(x)
+    both = trainer._teacher_loss(x, y, y_hat, noise, None, None, None)
+    first = trainer._teacher_loss(x, y, y_hat, noise, None, None, factor)
+    with torch.no_grad():
+        code = teacher.quantize(teacher.encode(y), "round", rate=False)[0]
+        per_sample = teacher.synthesize(x, code, noise).abs().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(both, per_sample.mean())
+    torch.testing.assert_close(first, per_sample[0] / 2)

@@ -288,3 +288,15 @@ def test_lost_pixels_travel_with_the_local_code():
     assert code.keep[0, 0, 10, 20] == 0 and code.keep.sum() == 64 * 64 - 1
     assert transfer_code(red, x, b, uniform_local=True).keep is None   # a uniform map has no places
     assert (transfer(red, x, a, b)[..., 10, 20] == -1).all()
+
+
+def test_the_resize_factor_travels_with_the_global_code():
+    from model_helpers import _with
+
+    from redegrade.image import resize
+
+    red = Redegrader(_with("resized"))
+    x, a = smooth_image(0), noisy(smooth_image(1), 0.1)
+    small = resize(resize(noisy(smooth_image(2), 0.1), 16), 64)
+    assert transfer_code(red, x, small, a).factor.tolist() == [4]    # e_g from the 16² source, e_l from a
+    assert transfer_code(red, x, a, small).factor.tolist() == [1]

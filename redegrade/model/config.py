@@ -52,7 +52,8 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
         """``paper`` (CDD sizes; for CDD's exact network see :mod:`redegrade.model.cdd`), ``small`` (trainable
-        on a few CPU cores), ``small-ffhqx`` (``small`` with a 4:2:0 JPEG head and lost pixels, for FFHQ-X) or ``tiny`` (tests)."""
+        on a few CPU cores), ``small-ffhqx`` (``small`` with a 4:2:0 JPEG head, lost pixels and the
+        resize factor read from y, for FFHQ-X) or ``tiny`` (tests)."""
         try:
             return _PRESETS[name]
         except KeyError:
@@ -121,4 +122,5 @@ _PRESETS = {
 }
 # the FFHQ-X model: the small one with a JPEG head that subsamples chroma as PIL does, and the pixels FFHQ-X
 # drops or paints over read from y
-_PRESETS["small-ffhqx"] = dataclasses.replace(_PRESETS["small"], extras=(*_SMALL_EXTRAS, "jpeg_420", "lost_pixels"))
+_PRESETS["small-ffhqx"] = dataclasses.replace(_PRESETS["small"],
+                                              extras=(*_SMALL_EXTRAS, "jpeg_420", "lost_pixels", "resized"))

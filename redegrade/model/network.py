@@ -12,6 +12,7 @@ when the config names them.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from redegrade.image import check_image, check_shape
 from redegrade.model.config import ModelConfig
 from redegrade.model.encoders import HDEN, IDEN
 from redegrade.model.entropy import CodeEntropyModel
-from redegrade.model.extras import Extras, lost_pixels
+from redegrade.model.extras import Extras, lost_pixels, resized
 from redegrade.model.layers import PreActConv
 from redegrade.model.synthesis import SynthesisUNet
 from redegrade.pixels import MULTIPLE
@@ -40,19 +41,25 @@ class DegradationCode:
     keep: torch.Tensor | None = None
     """[B, 1, H, W]: 0 at the pixels y lost (black in every channel), which ŷ renders black; only models
     with the ``lost_pixels`` extra read it from y, None otherwise. Measured, never optimised."""
+    factor: torch.Tensor | None = None
+    """[B] int64: y is an image 1/factor of its size brought up (1: it is not), so ŷ is rendered from x
+    taken down and up the same way; only models with the ``resized`` extra read it from y, None
+    otherwise. Measured, never optimised."""
 
     def detach(self) -> "DegradationCode":
-        return DegradationCode(self.e_g.detach(), self.e_l.detach(), self.keep)
+        return dataclasses.replace(self, e_g=self.e_g.detach(), e_l=self.e_l.detach())
 
     def to(self, *args, **kwargs) -> "DegradationCode":
-        """Every tensor through ``Tensor.to`` (device and/or dtype)."""
+        """Every tensor through ``Tensor.to`` (device and/or dtype; the factor keeps its integer dtype)."""
+        e_g = self.e_g.to(*args, **kwargs)
         keep = None if self.keep is None else self.keep.to(*args, **kwargs)
-        return DegradationCode(self.e_g.to(*args, **kwargs), self.e_l.to(*args, **kwargs), keep)
+        factor = None if self.factor is None else self.factor.to(e_g.device)
+        return DegradationCode(e_g, self.e_l.to(*args, **kwargs), keep, factor)
 
     def codes_of(self, index: torch.Tensor) -> "DegradationCode":
-        """e_g and e_l of the batch entries ``index`` with this code's own lost pixels: another sample's
-        degradation drawn where these observations lost theirs (training on transfer)."""
-        return DegradationCode(self.e_g[index], self.e_l[index], self.keep)
+        """e_g and e_l of the batch entries ``index`` with what this code measured of its own y (lost pixels,
+        resize factor): another sample's degradation drawn on these observations (training on transfer)."""
+        return dataclasses.replace(self, e_g=self.e_g[index], e_l=self.e_l[index])
 
 
 class MapFusion(nn.Module):
@@ -100,6 +107,8 @@ class CodedModel(nn.Module):
         check_shape(code.e_l, (b, c.c_l, *(size or (None, None))), "e_l")
         if code.keep is not None:
             check_shape(code.keep, (b, 1, 2 * code.e_l.shape[-2], 2 * code.e_l.shape[-1]), "keep")
+        if code.factor is not None:
+            check_shape(code.factor, (b,), "factor")
 
     def _check_synthesis_inputs(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
                                 multiple: int) -> None:
@@ -136,9 +145,10 @@ class UniversalDegradationModel(CodedModel):
 
     # -- encoders ---------------------------------------------------------------------------------
     def encode(self, y: torch.Tensor) -> DegradationCode:
-        """y [B,3,H,W] → DegradationCode(e_g [B,dim_g], e_l [B,c_l,H/2,W/2] in [0,1], keep)."""
+        """y [B,3,H,W] → DegradationCode(e_g [B,dim_g], e_l [B,c_l,H/2,W/2] in [0,1], keep, factor)."""
         check_image(y, "observation", multiple_of=MULTIPLE)
-        return DegradationCode(self.extras.global_code(self.hden(y), y), self.iden(y), self.extras.keep_mask(y))
+        return DegradationCode(self.extras.global_code(self.hden(y), y), self.iden(y), self.extras.keep_mask(y),
+                               self.extras.resize_factor(y))
 
     def degradation_map(self, code: DegradationCode) -> torch.Tensor:
         """The fused map e [B, map_channels, H/2, W/2] that conditions every SFT layer."""
@@ -193,6 +203,8 @@ class UniversalDegradationModel(CodedModel):
     def _synthesize(self, x: torch.Tensor, code: DegradationCode, noise: list[torch.Tensor], *,
                     checkpoint: bool = False, heads: dict[str, torch.Tensor] | None = None,
                     fixed_jpeg_steps: bool = False, dither: torch.Generator | None = None) -> torch.Tensor:
+        if code.factor is not None:
+            x = resized.apply(x, code.factor)
         e = self.fusion(code)
         k = self.synthesis.num_noise
         feat = self.synthesis.features(self.extras.synthesis_input(x), e, noise[:k], checkpoint=checkpoint)
@@ -216,5 +228,5 @@ class UniversalDegradationModel(CodedModel):
         self._check_code(code)
         e_g, bits_g = self.entropy_g(code.e_g, mode, generator=generator, rate=rate)
         e_l, bits_l = self.entropy_l(code.e_l, mode, generator=generator, rate=rate)
-        return DegradationCode(e_g, e_l, code.keep), {"g": bits_g, "l": bits_l}
+        return dataclasses.replace(code, e_g=e_g, e_l=e_l), {"g": bits_g, "l": bits_l}
 

@@ -131,7 +131,7 @@ class Trainer:
         if "noise_std" in heads and noise_std is not None and c.lambda_noise:
             terms["noise"] = L.noise_level_loss(heads["noise_std"], noise_std)
         if self.teacher is not None and c.lambda_teacher:
-            terms["teacher"] = self._teacher_loss(x, y, y_hat, noise, partner, noisy)
+            terms["teacher"] = self._teacher_loss(x, y, y_hat, noise, partner, noisy, code.factor)
         if clean is not None and c.lambda_clean:
             per_sample = (y - y_hat).abs().mean(dim=(1, 2, 3))
             terms["clean"] = (per_sample * clean.to(per_sample)).mean()
@@ -153,9 +153,13 @@ class Trainer:
         return total, terms, y_hat, keys
 
     def _teacher_loss(self, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, noise: list[torch.Tensor],
-                      partner: torch.Tensor | None, noisy: torch.Tensor | None) -> torch.Tensor:
+                      partner: torch.Tensor | None, noisy: torch.Tensor | None,
+                      factor: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel L1 between ŷ and what the teacher renders from its own rounded code of y and the same
-        noise, per sample, averaged over the batch with the noisy samples (``noisy``) counted as 0.
+        noise, per sample, averaged over the batch with the noisy samples (``noisy``) counted as 0, and
+        those the student measured as upsampled (``factor`` > 1) too when the teacher cannot measure it:
+        held there, a student that renders the resize exactly would be pulled back to a teacher that
+        paints it.
 
         A fine-tune meant to change how noise is rendered moves the other degradations' renders too (more
         steps on the FFHQ-X mix darken U observations); held to the warm start's renders where y has no
@@ -169,6 +173,8 @@ class Trainer:
             y_old = t.synthesize(x, code, noise)
         per_sample = (y_hat - y_old).abs().mean(dim=(1, 2, 3))
         weight = torch.ones_like(per_sample) if noisy is None else (~noisy.to(per_sample.device)).to(per_sample)
+        if factor is not None and code.factor is None:
+            weight = weight * (factor.to(weight.device) == 1).to(weight)
         return (per_sample * weight).mean()
 
     def step(self, sampler: PairSampler) -> dict[str, float]:

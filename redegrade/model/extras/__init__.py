@@ -14,12 +14,15 @@
 ``jpeg_420``         the JPEG head also subsamples chroma 4:2:0, as PIL and OpenCV write JPEG by default
 ``lost_pixels``      pixels black in every channel of y stay black in ŷ: FFHQ-X's dropped pixels and
                      strokes, read from y (:func:`~redegrade.model.extras.lost_pixels.keep_mask`)
+``resized``          a y that is an upsampled smaller image, its factor read from y
+                     (:func:`~redegrade.model.extras.resized.measure`), is rendered from x taken
+                     down and up by that factor
 ===================  ===========================================================================
 
 Where they act (:class:`Extras`)::
 
-    y ─HDEN─► e_g ─(+ signatures(y))─► e_g;   y ─► keep (lost_pixels)
-    x ─(‖ grid_phase)─► U-Net features F ─conv_last─► (+ noise_head(F, e, z, e_g)) ─(+ x)─► jpeg_head ─► ·keep ─► ŷ
+    y ─HDEN─► e_g ─(+ signatures(y))─► e_g;   y ─► keep (lost_pixels);   y ─► factor (resized)
+    x ─(↓↑ factor)─(‖ grid_phase)─► U-Net features F ─conv_last─► (+ noise_head(F, e, z, e_g)) ─(+ x)─► jpeg_head ─► ·keep ─► ŷ
 """
 from __future__ import annotations
 
@@ -28,13 +31,14 @@ import math
 import torch
 from torch import nn
 
-from redegrade.model.extras import lost_pixels
+from redegrade.model.extras import lost_pixels, resized
 from redegrade.model.extras.jpeg_head import JpegHead
 from redegrade.model.extras.noise_head import NoiseHead
 from redegrade.model.extras.signatures import Signatures
 
 #: Every extra, in the order a config lists them.
-NAMES = ("global_residual", "grid_phase", "signatures", "noise_head", "jpeg_head", "jpeg_420", "lost_pixels")
+NAMES = ("global_residual", "grid_phase", "signatures", "noise_head", "jpeg_head", "jpeg_420", "lost_pixels",
+         "resized")
 #: Extras that only modify another one.
 NEEDS = {"jpeg_420": "jpeg_head"}
 #: Channels :func:`grid_phase` adds to the synthesis input.
@@ -66,6 +70,7 @@ class Extras(nn.Module):
         self.global_residual = "global_residual" in names
         self.grid_phase = "grid_phase" in names
         self.lost_pixels = "lost_pixels" in names
+        self.resized = "resized" in names
         self.signatures = Signatures(dim_g) if "signatures" in names else None
         self.noise_head = NoiseHead(features, map_channels, dim_g=dim_g) if "noise_head" in names else None
         self.jpeg_head = (JpegHead(map_channels, dim_g, subsample="jpeg_420" in names)
@@ -89,6 +94,11 @@ class Extras(nn.Module):
         """With ``lost_pixels``, y's kept pixels [B,1,H,W] (:func:`~redegrade.model.extras.lost_pixels.keep_mask`);
         else None."""
         return lost_pixels.keep_mask(y) if self.lost_pixels else None
+
+    def resize_factor(self, y: torch.Tensor) -> torch.Tensor | None:
+        """With ``resized``, the factor [B] by which each y was upsampled (:func:`~redegrade.model.extras.resized.measure`);
+        else None."""
+        return resized.measure(y) if self.resized else None
 
     def synthesis_input(self, x: torch.Tensor) -> torch.Tensor:
         """x [B,3,H,W] with the grid phase appended → [B,3+input_channels,H,W]."""
