@@ -17,11 +17,12 @@ import torch
 
 #: y is called k× upsampled when the least-squares fit from 1/k of its size leaves at most this share of
 #: the residual that a fit from 1/(2k) leaves: on in-range U observations the share is 0.00–0.06 at the
-#: true k, and 0.3–1 for clean faces, photos and N, A, P observations at every k.
-RATIO = 0.2
-#: ...and the fit from 1/(2k) must miss by at least this much (mean |·|, [-1,1] units), so that a flat
-#: image, which every size explains, is not called upsampled.
-MIN_DETAIL = 0.01
+#: true k (above 0 only where bicubic overshoots clip), and 0.13–1 for clean faces, photo crops and N,
+#: A, P observations at every k, and at 2k for U.
+RATIO = 0.1
+#: ...and the fit from 1/(2k) must miss by at least this much (mean |·|, [-1,1] units; 8-bit rounding
+#: alone leaves 0.002), so that a flat image, which every size explains, is not called upsampled.
+MIN_DETAIL = 0.002
 #: ...and the fit from 1/k must itself be close (in-range U observations: at most 0.021, where bicubic
 #: overshoots of N's noise clip), so that a smooth image with one sharp edge is not called upsampled.
 MAX_MISFIT = 0.03
