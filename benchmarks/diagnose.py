@@ -146,7 +146,8 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
                 acc["psnr identity"].append(float(psnr(x, y)))
                 acc["psnr known"].append(float(psnr(known_x, y_true)))
                 acc["psnr red E(y)"].append(float(psnr(red_x, y)))
-                for label, a in (("y", y), ("known", known_x), ("red", red_x)):
+                # at the prior's size, as blind and naive see y (U's known output is the small image)
+                for label, a in (("y", y), ("known", resize(known_x, R)), ("red", red_x)):
                     acc[f"hp {label}"].append(float(haar_hh(a).std()))
                     acc[f"black {label}"].append(float((a < BLACK).all(dim=1).float().mean()))
                     acc[f"shift {label}"].append(float(a.mean() - x.mean()))

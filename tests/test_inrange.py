@@ -38,9 +38,10 @@ def test_inrange_prints_every_task_and_mode_with_per_phase_psnr(tmp_path):
 
 
 def test_diagnose_reports_margins_for_identity_known_and_redegrader(tmp_path):
-    res = _run("diagnose.py", "--resolution", "32", "--images", "1", "--tasks", "A,N", "--fit-steps", "2",
+    res = _run("diagnose.py", "--resolution", "32", "--images", "1", "--tasks", "A,N,U", "--fit-steps", "2",
                tmp=tmp_path)
     assert res.returncode == 0, res.stderr
+    assert "### U_M" in res.stdout                            # U's known output is small: compared at full size
     assert "### A_M" in res.stdout and "**margin**" in res.stdout and "cos(red, known)" in res.stdout
     # non-blind JPEG explains its own output almost exactly: the true image must win under it
     margin_row = next(line for line in res.stdout.splitlines() if line.startswith("| **margin**"))
