@@ -93,12 +93,11 @@ class Redegrader(ForwardModel):
         self.freeze()
 
     def _apply(self, fn, recurse: bool = True):
-        # what was measured of y is no variable but moves with them (a reset on CPU, then .to("cuda"))
+        # the lost pixels are no variable but move with them (a reset on CPU, then .to("cuda")); the resize
+        # factor stays on the CPU (see redegrade.model.extras.resized.measure)
         super()._apply(fn, recurse)
         if self.keep is not None:
             self.keep = fn(self.keep)
-        if self.factor is not None:
-            self.factor = fn(self.factor)
         return self
 
     def train(self, mode: bool = True) -> "Redegrader":

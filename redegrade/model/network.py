@@ -42,19 +42,17 @@ class DegradationCode:
     """[B, 1, H, W]: 0 at the pixels y lost (black in every channel), which ŷ renders black; only models
     with the ``lost_pixels`` extra read it from y, None otherwise. Measured, never optimised."""
     factor: torch.Tensor | None = None
-    """[B] int64: y is an image 1/factor of its size brought up (1: it is not), so ŷ is rendered from x
-    taken down and up the same way; only models with the ``resized`` extra read it from y, None
-    otherwise. Measured, never optimised."""
+    """[B] int64, on the CPU wherever the rest is: y is an image 1/factor of its size brought up (1: it is
+    not), so ŷ is rendered from x taken down and up the same way; only models with the ``resized`` extra
+    read it from y, None otherwise. Measured, never optimised."""
 
     def detach(self) -> "DegradationCode":
         return dataclasses.replace(self, e_g=self.e_g.detach(), e_l=self.e_l.detach())
 
     def to(self, *args, **kwargs) -> "DegradationCode":
-        """Every tensor through ``Tensor.to`` (device and/or dtype; the factor keeps its integer dtype)."""
-        e_g = self.e_g.to(*args, **kwargs)
+        """Every tensor but the factor (CPU metadata) through ``Tensor.to`` (device and/or dtype)."""
         keep = None if self.keep is None else self.keep.to(*args, **kwargs)
-        factor = None if self.factor is None else self.factor.to(e_g.device)
-        return DegradationCode(e_g, self.e_l.to(*args, **kwargs), keep, factor)
+        return DegradationCode(self.e_g.to(*args, **kwargs), self.e_l.to(*args, **kwargs), keep, self.factor)
 
     def codes_of(self, index: torch.Tensor) -> "DegradationCode":
         """e_g and e_l of the batch entries ``index`` with what this code measured of its own y (lost pixels,

@@ -50,9 +50,11 @@ def _misfit(y: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def measure(y: torch.Tensor) -> torch.Tensor:
-    """[B] int64: the factor k (1, 2, 4, …) by which each y [B,3,H,W] in [-1,1] was upsampled, 1 if none.
+    """[B] int64 on the CPU: the factor k (1, 2, 4, …) by which each y [B,3,H,W] in [-1,1] was
+    upsampled, 1 if none. On the CPU because :func:`apply` reads it at every forward, where a device
+    tensor would cost a device-to-host sync each step.
 
-    Tries k = 2, 4, … while (H/2k)×(W/2k) is at least :data:`MIN_SIDE` and k divides H and W; the
+    Tries k = 2, 4, … while 2k divides H and W and (H/2k)×(W/2k) is at least :data:`MIN_SIDE`; the
     largest k whose fit passes :data:`RATIO`, :data:`MIN_DETAIL` and :data:`MAX_MISFIT` wins.
     """
     y = y.detach().float()
@@ -65,12 +67,13 @@ def measure(y: torch.Tensor) -> torch.Tensor:
         upsampled = (coarser >= MIN_DETAIL) & (misfit <= RATIO * coarser) & (misfit <= MAX_MISFIT)
         factor = torch.where(upsampled, torch.full_like(factor, k), factor)
         previous, k = coarser, 2 * k
-    return factor
+    return factor.cpu()
 
 
 def apply(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """x [B,3,H,W] brought to (H/k)×(W/k) and back with :func:`redegrade.image.resize` (area down,
-    bicubic up), each sample by its own ``factor`` [B]; k = 1 leaves a sample as it is."""
+    bicubic up), each sample by its own ``factor`` [B] (on the CPU, see :func:`measure`); k = 1 leaves a
+    sample as it is."""
     from redegrade.image import resize
 
     if not bool((factor > 1).any()):
@@ -79,6 +82,6 @@ def apply(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     out = x
     for k in factor.unique().tolist():
         if k > 1:
-            rows = (factor == k).nonzero().flatten()
+            rows = (factor == k).nonzero().flatten().to(x.device)
             out = out.index_put((rows,), resize(resize(x[rows], (h // k, w // k)), (h, w)))
     return out
