@@ -121,6 +121,6 @@ _PRESETS = {
                         extras=("global_residual",)),
 }
 # the FFHQ-X model: the small one with a JPEG head that subsamples chroma as PIL does, and the pixels FFHQ-X
-# drops or paints over read from y
+# drops or paints over and U's resize factor read from y
 _PRESETS["small-ffhqx"] = dataclasses.replace(_PRESETS["small"],
                                               extras=(*_SMALL_EXTRAS, "jpeg_420", "lost_pixels", "resized"))

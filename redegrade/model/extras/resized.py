@@ -15,6 +15,8 @@ import functools
 
 import torch
 
+from redegrade.image import resize
+
 #: y is called k× upsampled when the least-squares fit from 1/k of its size leaves at most this share of
 #: the residual that a fit from 1/(2k) leaves: on in-range U observations the share is 0.00–0.06 at the
 #: true k (above 0 only where bicubic overshoots clip), and 0.13–1 for clean faces, photo crops and N,
@@ -59,14 +61,17 @@ def measure(y: torch.Tensor) -> torch.Tensor:
     """
     y = y.detach().float()
     b, _, h, w = y.shape
-    factor = torch.ones(b, dtype=torch.int64, device=y.device)
+    candidates = []
     k = 2
-    previous = None
     while h % (2 * k) == 0 and w % (2 * k) == 0 and min(h, w) // (2 * k) >= MIN_SIDE:
-        misfit, coarser = (_misfit(y, k) if previous is None else previous), _misfit(y, 2 * k)
-        upsampled = (coarser >= MIN_DETAIL) & (misfit <= RATIO * coarser) & (misfit <= MAX_MISFIT)
+        candidates.append(k)
+        k *= 2
+    misfit = {k: _misfit(y, k) for k in {*candidates, *(2 * k for k in candidates)}}
+    factor = torch.ones(b, dtype=torch.int64, device=y.device)
+    for k in candidates:
+        fit, coarser = misfit[k], misfit[2 * k]
+        upsampled = (coarser >= MIN_DETAIL) & (fit <= RATIO * coarser) & (fit <= MAX_MISFIT)
         factor = torch.where(upsampled, torch.full_like(factor, k), factor)
-        previous, k = coarser, 2 * k
     return factor.cpu()
 
 
@@ -74,10 +79,6 @@ def apply(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """x [B,3,H,W] brought to (H/k)×(W/k) and back with :func:`redegrade.image.resize` (area down,
     bicubic up), each sample by its own ``factor`` [B] (on the CPU, see :func:`measure`); k = 1 leaves a
     sample as it is."""
-    from redegrade.image import resize
-
-    if not bool((factor > 1).any()):
-        return x
     h, w = x.shape[-2:]
     out = x
     for k in factor.unique().tolist():
