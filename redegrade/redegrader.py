@@ -4,7 +4,7 @@
 n ~ N(0, I), seeded); :meth:`Redegrader.forward` renders ŷ = f̂(x, Q(e_g), Q(e_l), n) where Q is the
 entropy models' quantiser in ``"ste"`` mode by default (rounded values forward, identity gradient), so
 gradients reach x and every variable while the network weights stay frozen. Where a gradient is
-taken, the JPEG head's rounding is dithered (uniform noise of the step's width, seeded at reset): hard
+taken, the JPEG head's rounding is dithered (uniform noise half a step wide, seeded at reset): hard
 rounding makes the objective flat inside each quantisation bin, and an inversion through it stops
 anywhere in the bin; dithered, it is pulled to the bin's centre, where JPEG's decoder puts y.
 """

@@ -78,20 +78,20 @@ def test_round_to_step_rounds_and_its_gradients_say_what_a_larger_step_does():
     assert per_coefficient[2] < 0 < per_coefficient[3]   # just outside: pulled toward 0 (the jump)
 
 
-def test_dither_to_step_has_roundings_error_size_and_pulls_coefficients_to_the_bin_centre():
-    """An inversion's JPEG: rounding's error spread (uniform, one step wide), reproducible from its
-    generator, and, unlike rounding, a loss whose gradient points from c to the centre of y's bin."""
+def test_dither_to_step_pulls_coefficients_to_the_bin_centre_with_noise_half_a_step_wide():
+    """An inversion's JPEG: zero-mean noise half a step wide, reproducible from its generator, and,
+    unlike rounding, a loss whose gradient points from c to the centre of y's bin."""
     step = torch.tensor(4.0)
-    c = torch.full((20000,), 9.0, requires_grad=True)  # y = round(9 / 4)·4 = 8: c sits 1 above the centre
+    c = torch.full((20000,), 8.5, requires_grad=True)  # y = round(8.5 / 4)·4 = 8: c sits ½ above the centre
     out = pixels_jpeg.dither_to_step(c, step, generator=torch.Generator().manual_seed(0))
     err = (out - c).detach()
-    assert float(err.abs().max()) <= 2.0 and abs(float(err.mean())) < 0.05
-    assert abs(float(err.std()) - 4 / 12 ** 0.5) < 0.02
+    assert float(err.abs().max()) <= 1.0 and abs(float(err.mean())) < 0.03
+    assert abs(float(err.std()) - 2 / 12 ** 0.5) < 0.01  # a full step's noise would have std 4/√12
     again = pixels_jpeg.dither_to_step(c, step, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
     y = torch.full_like(c, 8.0)
     pull = torch.autograd.grad((out - y).abs().sum(), c)[0].mean()
-    assert 0.45 < float(pull) < 0.55  # E|1 + 4u|′ = P(1 + 4u > 0) − P(< 0) = 0.5: descent lowers c to 8
+    assert 0.45 < float(pull) < 0.55  # E|½ + 2u|′ = P(½ + 2u > 0) − P(< 0) = ½: descent lowers c to 8
     hard = pixels_jpeg.round_to_step(c, step)
     assert float(torch.autograd.grad((hard - y).abs().mean(), c)[0].abs().max()) == 0.0  # flat in the bin
 

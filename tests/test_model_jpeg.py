@@ -84,7 +84,7 @@ def test_dithered_jpeg_head_pulls_an_inversion_to_the_observed_bins_where_roundi
     pulls = [torch.autograd.grad((head(x, e, e_g, dither=dither) - y).abs().mean(), x)[0] for _ in range(64)]
     pull = torch.stack(pulls).mean(0)
     cosine = float((pull * change).sum() / (pull.norm() * change.norm()))
-    assert cosine > 0.25  # descent moves x back towards y (0.41 here; +0.06 after 8 draws, 0.65 after 256)
+    assert cosine > 0.5  # towards y: 0.67 here (0.29 after 8 draws, 0.85 after 256); noise a full step wide: 0.41
 
 
 def test_jpeg_head_starts_near_identity():

@@ -182,7 +182,7 @@ class UniversalDegradationModel(CodedModel):
 
         ``checkpoint`` trades a second forward of each SFT block in the backward for not storing its
         activations (same values and gradients; see :func:`~redegrade.model.synthesis.run_block`).
-        ``dither`` (a generator) replaces the JPEG head's rounding by uniform noise of the same width,
+        ``dither`` (a generator) replaces the JPEG head's rounding by uniform noise (half a step wide),
         as an inversion's forward model needs (:meth:`~redegrade.model.extras.jpeg_head.JpegHead.forward`).
         """
         self._check_synthesis_inputs(x, code, noise, multiple=MULTIPLE)

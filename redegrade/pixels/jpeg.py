@@ -23,6 +23,13 @@ from redegrade.errors import ConfigError
 SUBSAMPLING_420 = 2
 #: Blend factor of the rounding surrogate's gradient (RSG's ``CompressJPEG.k``).
 ROUNDING_K = 0.8
+#: Width of :func:`dither_to_step`'s noise, in steps. A full step is rounding's error only for
+#: coefficients spread evenly over their bin; at low quality most sit near 0 in the zero bin (96 % at
+#: FFHQ-X's quality 12), where rounding's error is the small coefficient itself, so one step of noise
+#: is ~15 dB above JPEG's own error and buries an inversion's gradient. No noise at all turns the
+#: relaxed loss back into a plain L1 on the synthesis' small errors. Measured on in-range targets
+#: (``benchmarks/README.md`` §4): half a step is better than both on A_M and as good as one on U_M.
+DITHER_WIDTH = 0.5
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,16 +122,17 @@ def round_to_step(c: torch.Tensor, step: torch.Tensor, rate: float = 2.0) -> tor
 
 
 def dither_to_step(c: torch.Tensor, step: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-    """Rounding to ``step`` relaxed to additive noise: ``c + step·u``, u ~ U(−½, ½) drawn from ``generator``.
+    """Rounding to ``step`` relaxed to additive noise: ``c + DITHER_WIDTH·step·u``, u ~ U(−½, ½) drawn
+    from ``generator``.
 
-    The error has the size and spread of rounding's, but the loss is no longer flat inside a bin: in
-    expectation over u it is smallest where ``c`` sits at the centre of the observed bin, which is
-    where JPEG's own decoder puts it. With hard rounding every ``c`` in the right bin explains y
-    exactly, and an inversion stops wherever it first enters one (Ballé et al. 2017 train through
-    quantisation with the same uniform noise). ``step`` gets the reparameterised gradient ``u·∂L/∂out``.
+    With hard rounding every ``c`` in the right bin explains y exactly, and an inversion stops wherever
+    it first enters one; with zero-mean noise the loss in expectation is smallest where ``c`` sits at the
+    centre of the observed bin, which is where JPEG's own decoder puts it (Ballé et al. 2017 train
+    through quantisation with uniform noise). ``step`` gets the reparameterised gradient
+    ``DITHER_WIDTH·u·∂L/∂out``. See :data:`DITHER_WIDTH` for the noise's width.
     """
     u = torch.rand(c.shape, generator=generator, device=generator.device, dtype=c.dtype).to(c.device)
-    return c + step * (u - 0.5)
+    return c + (DITHER_WIDTH * step) * (u - 0.5)
 
 
 def _round_ste_to_step(c: torch.Tensor, step: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ class Extras(nn.Module):
         ``heads`` (a dict) receives what the heads decided: ``noise_std`` ``[B,3,H,W]`` and
         ``jpeg_multipliers`` ``[B,2,H/8,W/8]``; with ``fixed_jpeg_steps`` ŷ's gradient does not reach
         the JPEG steps (those in ``heads`` keep theirs). ``dither`` makes the JPEG head add uniform noise
-        of its steps' width instead of rounding (see :meth:`JpegHead.forward
+        (half its steps' width) instead of rounding (see :meth:`JpegHead.forward
         <redegrade.model.extras.jpeg_head.JpegHead.forward>`).
         """
         if self.noise_head is not None:

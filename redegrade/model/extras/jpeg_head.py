@@ -58,10 +58,9 @@ class JpegHead(nn.Module):
                 multipliers: torch.Tensor | None = None, dither: torch.Generator | None = None) -> torch.Tensor:
         """Round ``y``'s DCT to the steps of :meth:`multipliers` (or of the ``multipliers`` given).
 
-        With ``dither`` (an inversion's forward model) the rounding becomes additive uniform noise of
-        the step's width drawn from it (:func:`~redegrade.pixels.jpeg.dither_to_step`): the same error
-        statistics, but a loss that pulls each coefficient to the centre of the observed bin instead
-        of one that is flat inside it.
+        With ``dither`` (an inversion's forward model) the rounding becomes additive uniform noise,
+        half a step wide, drawn from it (:func:`~redegrade.pixels.jpeg.dither_to_step`): a loss that
+        pulls each coefficient to the centre of the observed bin instead of one that is flat inside it.
         """
         m = (self.multipliers(e, e_g, y.shape[-2:]) if multipliers is None else multipliers).to(y.dtype)
         steps = m[..., None, None] * self.tables.to(y.dtype)[None, :, None, None]  # [B,2,H/8,W/8,8,8]
