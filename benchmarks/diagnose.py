@@ -13,7 +13,9 @@ For in-range pairs (x drawn from the generator, y = FFHQ-X task of x) it prints,
 * **noise** — how much noise A(true x) renders against y: the σ of the finest Haar band and the share of
   black (dropped) pixels, and its brightness and contrast against x's (mean difference, std ratio), the
   mean difference also on x's darkest and brightest quarter of values (N's pixel drop darkens in
-  proportion to intensity), for y, the known degradation and the Redegrader at E(y).
+  proportion to intensity), for y, the known degradation and the Redegrader at E(y);
+* **dither** — how far the inversion's forward pass (JPEG head dithered, not rounded) is from the
+  rounded re-degradation at the true x, beside how far y is from x.
 
 Minutes on CPU, against an hour for a table of full inversions (``benchmarks/inrange.py``):
 
@@ -155,6 +157,8 @@ def run(generator, resolution, images, tasks, level, loss, redegrader, fit_steps
                     acc[f"shift dark {label}"].append(dark)
                     acc[f"shift bright {label}"].append(bright)
                     acc[f"contrast {label}"].append(float(a.std() / x.std()))
+            # an inversion's forward (x needs a gradient): the JPEG head dithers instead of rounding
+            acc["psnr dither"].append(float(psnr(red(x.clone().requires_grad_(True)).detach(), red_x)))
             # gradients at a wrong estimate x0 (blurred x); identity and red at E(y)
             x0 = cands["blurred"]
             torch.manual_seed(s)
@@ -200,7 +204,9 @@ def report(task: str, acc: dict, n: int) -> str:
                   f"known {mean['contrast known']:.2f}, red {mean['contrast red']:.2f}; mean − x's on x's darkest / "
                   f"brightest quarter y {mean['shift dark y']:+.3f} / {mean['shift bright y']:+.3f}, known "
                   f"{mean['shift dark known']:+.3f} / {mean['shift bright known']:+.3f}, red "
-                  f"{mean['shift dark red']:+.3f} / {mean['shift bright red']:+.3f}"]
+                  f"{mean['shift dark red']:+.3f} / {mean['shift bright red']:+.3f}",
+              "", f"JPEG dither in the inversion's forward at the true x: PSNR(dithered, rounded A(x)) "
+                  f"{mean['psnr dither']:.1f} dB (y against x: {mean['psnr identity']:.1f} dB)"]
     return "\n".join(lines)
 
 
