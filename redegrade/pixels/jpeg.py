@@ -26,8 +26,8 @@ ROUNDING_K = 0.8
 #: Width of :func:`dither_to_step`'s noise, in steps. A full step is rounding's error only for
 #: coefficients spread evenly over their bin; at low quality most sit near 0 in the zero bin (96 % at
 #: FFHQ-X's quality 12), where rounding's error is the small coefficient itself, so one step of noise
-#: is ~15 dB above JPEG's own error and buries an inversion's gradient. No noise at all turns the
-#: relaxed loss back into a plain L1 on the synthesis' small errors. Measured on in-range targets
+#: is ~15 dB above JPEG's own error and buries an inversion's gradient; with no noise at all the
+#: inversion fits the synthesis' small errors more (worse on U_M). Measured on in-range targets
 #: (``benchmarks/README.md`` §4): half a step is better than both on A_M and as good as one on U_M.
 DITHER_WIDTH = 0.5
 
